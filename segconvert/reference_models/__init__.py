@@ -1,0 +1,1 @@
+"""segconvert.reference_models"""
