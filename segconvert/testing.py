@@ -31,10 +31,7 @@ def fixture_path(*parts: str) -> Path:
 
     path = shared_dir() / "fixtures" / Path(*parts)
     if not path.exists():
-        reason = (
-            f"ground-truth fixture {path} not found (expected ../shared beside the checkout, "
-            f"or set {_ENV_DIR})"
-        )
+        reason = f"ground-truth fixture {path} not found (expected ../shared beside the checkout, or set {_ENV_DIR})"
         if fixtures_required():
             pytest.fail(f"{reason}; {_ENV_REQUIRE}=1 forbids skipping", pytrace=False)
         pytest.skip(reason)

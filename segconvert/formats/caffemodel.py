@@ -82,6 +82,22 @@ class CaffeModel:
         return sum(int(b.size) for layer in self.layers for b in layer.blobs)
 
 
+def _touch_strings(msg: Any) -> None:
+    """Decode every string field now: protobuf checks UTF-8 lazily, at first access."""
+    for fd, value in msg.ListFields():
+        repeated = _is_repeated(fd)
+        if fd.message_type is not None:
+            for sub in value if repeated else (value,):
+                _touch_strings(sub)
+        elif fd.type == fd.TYPE_STRING:
+            list(value) if repeated else str(value)
+
+
+def _is_repeated(fd: Any) -> bool:
+    flag = getattr(fd, "is_repeated", None)  # protobuf >= 5.28; ``label`` is gone in 7
+    return bool(flag) if flag is not None else fd.label == fd.LABEL_REPEATED
+
+
 def read_caffemodel(path: str | os.PathLike[str]) -> CaffeModel:
     """Read a binary ``.caffemodel``; raises :class:`CaffeFormatError` for anything malformed."""
     path = Path(path)
@@ -131,13 +147,14 @@ class _Reader:
                     if fld.number in (1, 3, 4, 5, 6, 7, 8):
                         known += 1
         except pw.WireError as exc:
-            raise self.fail(self._describe(exc), exc.offset) from None
+            raise self.fail(self._describe(exc), exc.offset, self._peek_layer_name(exc.offset)) from None
         if not layers and not known:
             raise self.fail("no Caffe NetParameter fields found: not a caffemodel", 0)
         net_param = message_class("NetParameter")()
         try:
             net_param.ParseFromString(b"".join(other))
-        except DecodeError as exc:
+            _touch_strings(net_param)
+        except (DecodeError, UnicodeDecodeError) as exc:
             raise self.fail(f"cannot decode the net header: {exc}", 0) from None
         fmt = "V1+V2" if seen_v1 and seen_v2 else ("V1" if seen_v1 else "V2")
         return CaffeModel(
@@ -150,8 +167,25 @@ class _Reader:
             warnings=self.warnings,
         )
 
+    def _peek_layer_name(self, offset: int) -> str | None:
+        """Name of a layer record starting at ``offset`` whose length runs past the end (truncated file)."""
+        try:
+            tag, pos = pw.read_varint(self.buf, offset, self.size)
+            if tag >> 3 not in (_NET_LAYER, _NET_LAYERS_V1) or tag & 7 != pw.LEN:
+                return None
+            _, pos = pw.read_varint(self.buf, pos, self.size)
+            name_no = _V2_NAME if tag >> 3 == _NET_LAYER else _V1_NAME
+            for fld in pw.iter_fields(self.buf, pos, self.size):
+                if fld.number == name_no and fld.wire_type == pw.LEN:
+                    return self._text(fld)
+        except (pw.WireError, CaffeFormatError):
+            return None
+        return None
+
     def _describe(self, exc: pw.WireError) -> str:
         msg = exc.message
+        if "runs past the end" in msg or "truncated" in msg:
+            msg = "truncated or corrupt file: " + msg
         if exc.offset < 16:
             msg += " (the file does not start like a binary caffemodel; a prototxt or another format?)"
         return msg
@@ -181,8 +215,13 @@ class _Reader:
             else:
                 rest.append(bytes(self.buf[fld.tag_start : fld.end]))
         param = self._parse_param(b"".join(rest), v1, name, rec.tag_start)
-        if v1:
-            param = upgrade_v1_layer(param)
+        try:
+            _touch_strings(param)
+            if v1:
+                param = upgrade_v1_layer(param)
+            _touch_strings(param)
+        except UnicodeDecodeError:
+            raise self.fail("a text field of the layer is not valid UTF-8", rec.tag_start) from None
         return CaffeModelLayer(
             name=param.name,
             type=param.type,
@@ -227,9 +266,7 @@ class _Reader:
                 dropped.append(fld.number)
                 continue
             msg.MergeFrom(part)
-        self.warnings.append(
-            f"layer '{name}' (byte offset {offset}): ignored undecodable parameter field(s) {dropped}"
-        )
+        self.warnings.append(f"layer '{name}' (byte offset {offset}): ignored undecodable parameter field(s) {dropped}")
         return msg
 
     def read_blob(self, rec: pw.Field) -> np.ndarray:

@@ -47,9 +47,7 @@ def read_prototxt(path: str | os.PathLike[str]) -> Any:
             "not a text prototxt (binary data; a .caffemodel?)", file=path, offset=exc.start
         ) from None
     if "\x00" in text:
-        raise CaffeFormatError(
-            "not a text prototxt (NUL bytes; a .caffemodel?)", file=path, offset=text.index("\x00")
-        )
+        raise CaffeFormatError("not a text prototxt (NUL bytes; a .caffemodel?)", file=path, offset=text.index("\x00"))
     return parse_prototxt(text, path)
 
 

@@ -230,7 +230,7 @@ def _bias(layer: Any, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
 
 def _prelu(layer: Any, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
     c = bottoms[0][1] if len(bottoms[0]) > 1 else 1
-    return [bottoms[0]], [(1,) if layer.prelu_param.channel_shared else (c,)]
+    return [bottoms[0]], [() if layer.prelu_param.channel_shared else (c,)]  # Caffe: a 0-axis blob when shared
 
 
 def _interp(layer: Any, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:

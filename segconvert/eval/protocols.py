@@ -1,0 +1,519 @@
+"""Inference protocols as presets, each reproducing its source's test procedure.
+
+A model is any ``nn.Module`` whose eval forward maps a preprocessed (N, 3, h, w) float tensor to logits
+(N, K, h, w) at input resolution. Images enter as (H, W, 3) uint8 RGB; :class:`Preprocessing` (from the
+weights' metadata) orders the channels and subtracts the mean / divides by the std. Padding "with the mean"
+is padding the preprocessed tensor with 0. Every protocol returns (K, H, W) scores whose argmax over K is the
+prediction; :meth:`Protocol.plan` exposes the resized size, padding and window grid of every scale.
+
+Presets (``get_protocol``):
+
+``pspnet``
+    hszhao/PSPNet ``evaluation/{eval_sub,scale_process,caffe_process,pre_img}.m``. Per scale s: long side =
+    base*s + 1, short side = MATLAB round (half away from zero, single precision ratio); MATLAB bilinear
+    ``imresize`` of the uint8 image (antialiased when shrinking, uint8 result). Pad bottom/right with the mean
+    up to the crop. If the long side <= crop: one crop; else stride = ceil(crop * 2/3), ceil((padded - crop) /
+    stride) + 1 windows per axis, the last one aligned to the border. Per crop: logits(x) + flip(logits(flip(x)))
+    then softmax; probabilities summed and divided by the overlap count; cropped to the resized image; MATLAB
+    ``imresize`` to the original size (antialiased) and renormalised to sum 1 over classes; scales averaged.
+``semseg``
+    hszhao/semseg ``tool/test.py``: long side = round(s*base) (Python round, half to even), no +1; cv2
+    ``INTER_LINEAR`` resize (float image); centred padding with the mean (top = pad // 2); same window grid;
+    per crop softmax(logits(x)) and softmax of the flipped pass averaged ("ss" includes flip); average by
+    count; un-pad; cv2 linear resize to the original size; scales averaged.
+``mmseg-slide``
+    open-mmlab/mmsegmentation ``EncoderDecoder.slide_inference``: keep-ratio rescale to the config scale
+    (``mmcv.rescale_size``: factor min(long_max/long, short_max/short), size int(x*f + 0.5)); windows
+    ``max(H - crop + stride - 1, 0) // stride + 1`` per axis, clipped to the image (no padding, a smaller border
+    patch); logits summed and divided by the count; bilinear (align_corners=False) resize of the logits to the
+    original size. With several scales or flip: mmseg TTA, softmax of every augmentation averaged (scales
+    multiply the config scale, the 0.x ``--aug-test`` convention).
+``deeplab-msc``
+    DeepLab-v2 Caffe test (talent518/deeplab-public-ver2 ``test.prototxt`` + MATLAB scoring): pad bottom/right
+    with the mean to 513 (larger images: to the next 8k+1), one forward of the fused MSC net (the MAX fusion is
+    inside the model), crop back to the image. No flip, no scales, no CRF.
+``whole``
+    The whole image in one forward; with scales / flip the softmax of every augmentation is averaged.
+
+Deviations, documented: the MATLAB ``imresize`` of the score maps accumulates in float32 (MATLAB: double,
+stored single); the uint8 path of cv2 ``resize`` used by mmcv (11-bit fixed point) is emulated in float with
+rounding; JPEG decoding is PIL's (libjpeg), not MATLAB's/OpenCV's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from segconvert.eval.resize import bilinear, matlab_imresize, round_half_away
+
+MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+# ------------------------------------------------------------------------------------------ preprocessing
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """x = (pixels[channel_order] * scale - mean) / std, pixels 0..255; mean/std given in channel_order."""
+
+    channel_order: str = "RGB"
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] | None = None
+    scale: float = 1.0
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any] | None) -> Preprocessing:
+        if not meta:
+            raise ValueError("no preprocessing metadata: the model needs segconvert_meta['preprocessing']")
+        order = str(meta.get("channel_order", "RGB")).upper()
+        if order not in ("RGB", "BGR"):
+            raise ValueError(f"channel_order must be RGB or BGR, got {order!r}")
+        std = meta.get("std")
+        return cls(
+            order,
+            tuple(float(v) for v in meta.get("mean", (0.0, 0.0, 0.0))),  # type: ignore[arg-type]
+            None if std is None else tuple(float(v) for v in std),  # type: ignore[arg-type]
+            float(meta.get("scale", 1.0)),
+        )
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> Preprocessing:
+        meta = getattr(model, "segconvert_meta", None) or {}
+        return cls.from_meta(meta.get("preprocessing"))
+
+    def normalize(self, rgb: torch.Tensor) -> torch.Tensor:
+        """(3, H, W) RGB pixel values (any float dtype) -> float32 network input."""
+        x = rgb.float()
+        if self.channel_order == "BGR":
+            x = x.flip(0)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+        x = x * self.scale - mean if self.scale != 1.0 else x - mean
+        if self.std is not None:
+            x = x / torch.tensor(self.std, dtype=torch.float32, device=x.device).view(3, 1, 1)
+        return x
+
+
+# -------------------------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class Window:
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    """How one scale is run: image resized to ``resized``, padded (top, bottom, left, right) to ``padded``."""
+
+    scale: float
+    resized: tuple[int, int]
+    padded: tuple[int, int]
+    pad: tuple[int, int, int, int]
+    windows: tuple[Window, ...]
+    flip: bool = False  # whole-image flip augmentation (mmseg TTA / whole); per-crop flips are in the fusion
+
+
+def sliding_starts(length: int, crop: int, stride: int) -> list[int]:
+    """PSPNet / semseg grid: ceil((length - crop) / stride) + 1 windows, the last aligned to the border."""
+    n = int(math.ceil((length - crop) / stride)) + 1
+    return [min(i * stride + crop, length) - crop for i in range(n)]
+
+
+def mmseg_starts(length: int, crop: int, stride: int) -> list[tuple[int, int]]:
+    """mmseg grid: (start, end) pairs, max(length - crop + stride - 1, 0) // stride + 1 windows, clipped."""
+    n = max(length - crop + stride - 1, 0) // stride + 1
+    out = []
+    for i in range(n):
+        end = min(i * stride + crop, length)
+        out.append((max(end - crop, 0), end))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- inference
+
+
+@dataclass
+class Runtime:
+    """Where and how crops run: device, crop batch size, channels_last + autocast (CUDA only by default)."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    batch_size: int = 4
+    amp: bool | None = None  # None: on for CUDA
+
+    @property
+    def use_amp(self) -> bool:
+        return self.device.type == "cuda" if self.amp is None else bool(self.amp and self.device.type == "cuda")
+
+
+def forward_batch(model: nn.Module, x: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    """Logits (float32) of a (B, 3, h, w) batch, checked to be at input resolution."""
+    if rt.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        if rt.use_amp:
+            with torch.autocast("cuda", dtype=torch.float16):
+                out = model(x)
+        else:
+            out = model(x)
+    if isinstance(out, (list, tuple)):
+        out = out[-1]
+    if out.dim() != 4 or out.shape[0] != x.shape[0] or out.shape[-2:] != x.shape[-2:]:
+        raise ValueError(
+            f"model returned {tuple(out.shape)} for input {tuple(x.shape)}: expected (N, classes, h, w) logits "
+            "at input resolution"
+        )
+    return out.float()
+
+
+def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), max(1, n)):
+        yield items[i : i + max(1, n)]
+
+
+def slide(
+    model: nn.Module, x: torch.Tensor, windows: tuple[Window, ...], rt: Runtime, fuse: str, flip: bool
+) -> torch.Tensor:
+    """Run all windows of the (3, Hp, Wp) input in batches; return the count-averaged fused crop scores.
+
+    ``fuse``: 'psp' (logits + flipped logits, then softmax), 'semseg' (mean of the softmaxes of the plain and
+    flipped pass) or 'logits' (raw logits; flip must be off).
+    """
+    acc: torch.Tensor | None = None
+    count = torch.zeros(1, x.shape[1], x.shape[2], dtype=torch.float32, device=x.device)
+    per_batch = max(1, rt.batch_size // 2) if flip else max(1, rt.batch_size)
+    for chunk in _chunks(list(windows), per_batch):
+        crops = torch.stack([x[:, w.y0 : w.y1, w.x0 : w.x1] for w in chunk])
+        if flip:
+            logits = forward_batch(model, torch.cat([crops, crops.flip(-1)]), rt)
+            plain, flipped = logits[: len(chunk)], logits[len(chunk) :].flip(-1)
+            if fuse == "psp":
+                scores = torch.softmax(plain + flipped, dim=1)
+            elif fuse == "semseg":
+                scores = (torch.softmax(plain, dim=1) + torch.softmax(flipped, dim=1)) / 2
+            else:
+                raise ValueError(f"fusion {fuse!r} has no per-crop flip")
+        else:
+            logits = forward_batch(model, crops, rt)
+            scores = logits if fuse == "logits" else torch.softmax(logits, dim=1)
+        if acc is None:
+            acc = torch.zeros(scores.shape[1], x.shape[1], x.shape[2], dtype=torch.float32, device=x.device)
+        for w, s in zip(chunk, scores):
+            acc[:, w.y0 : w.y1, w.x0 : w.x1] += s
+            count[:, w.y0 : w.y1, w.x0 : w.x1] += 1
+    assert acc is not None
+    return acc / count
+
+
+def _image_tensor(image: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float64 on device (float32 on MPS)."""
+    t = torch.as_tensor(np.ascontiguousarray(image) if isinstance(image, np.ndarray) else image)
+    dtype = torch.float32 if device.type == "mps" else torch.float64
+    return t.to(device).permute(2, 0, 1).to(dtype)
+
+
+# ------------------------------------------------------------------------------------------- protocols
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Base: ``plan(h, w)`` and ``predict(model, image, prep, rt) -> (K, H, W) scores``."""
+
+    name: str = ""
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+
+    def plan(self, h: int, w: int) -> list[ScalePlan]:
+        raise NotImplementedError
+
+    def predict(self, model: nn.Module, image: np.ndarray, prep: Preprocessing, rt: Runtime) -> torch.Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items()}
+        d["scales"] = list(self.scales)
+        return d
+
+    def with_options(self, scales: tuple[float, ...] | None = None, flip: bool | None = None) -> Protocol:
+        changes: dict[str, Any] = {}
+        if scales is not None:
+            changes["scales"] = tuple(float(s) for s in scales)
+        if flip is not None:
+            changes["flip"] = bool(flip)
+        return replace(self, **changes) if changes else self
+
+
+@dataclass(frozen=True)
+class PSPNetMatlab(Protocol):
+    name: str = "pspnet"
+    base_size: int = 512
+    crop: int = 473
+    flip: bool = True
+    stride_rate: float = 2 / 3
+
+    @property
+    def stride(self) -> int:
+        return int(math.ceil(self.crop * self.stride_rate))
+
+    def resized_size(self, h: int, w: int, scale: float) -> tuple[int, int]:
+        long = self.base_size * scale + 1
+        long_i = int(math.ceil(long))  # imresize takes ceil of a non-integer size
+        # MATLAB: round(long_size / single(ori) * other) evaluated in single precision
+        r = float(np.float32(np.float32(long) / np.float32(max(h, w))) * np.float32(min(h, w)))
+        short = round_half_away(r)
+        return (long_i, short) if h > w else (short, long_i)
+
+    def plan(self, h: int, w: int) -> list[ScalePlan]:
+        plans = []
+        for s in self.scales:
+            nh, nw = self.resized_size(h, w, s)
+            ph, pw = max(nh, self.crop), max(nw, self.crop)
+            ys, xs = sliding_starts(ph, self.crop, self.stride), sliding_starts(pw, self.crop, self.stride)
+            wins = tuple(Window(y, y + self.crop, x, x + self.crop) for y in ys for x in xs)
+            plans.append(ScalePlan(s, (nh, nw), (ph, pw), (0, ph - nh, 0, pw - nw), wins))
+        return plans
+
+    def predict(self, model: nn.Module, image: np.ndarray, prep: Preprocessing, rt: Runtime) -> torch.Tensor:
+        h, w = image.shape[:2]
+        img = _image_tensor(image, rt.device)
+        total: torch.Tensor | None = None
+        for p in self.plan(h, w):
+            im = matlab_imresize(img, p.resized, uint8=True)
+            x = F.pad(prep.normalize(im), (0, p.pad[3], 0, p.pad[1]))
+            score = slide(model, x, p.windows, rt, "psp" if self.flip else "softmax", self.flip)
+            score = score[:, : p.resized[0], : p.resized[1]]
+            score = matlab_imresize(score, (h, w))
+            score = score / score.sum(0, keepdim=True)
+            total = score if total is None else total + score
+        assert total is not None
+        return total / len(self.scales)
+
+
+@dataclass(frozen=True)
+class Semseg(Protocol):
+    name: str = "semseg"
+    base_size: int = 512
+    crop: int = 473
+    flip: bool = True
+    stride_rate: float = 2 / 3
+
+    @property
+    def stride(self) -> int:
+        return int(math.ceil(self.crop * self.stride_rate))
+
+    def resized_size(self, h: int, w: int, scale: float) -> tuple[int, int]:
+        long = round(scale * self.base_size)
+        if h > w:
+            return long, round(long / float(h) * w)
+        return round(long / float(w) * h), long
+
+    def plan(self, h: int, w: int) -> list[ScalePlan]:
+        plans = []
+        for s in self.scales:
+            nh, nw = self.resized_size(h, w, s)
+            pad_h, pad_w = max(self.crop - nh, 0), max(self.crop - nw, 0)
+            top, left = int(pad_h / 2), int(pad_w / 2)
+            ph, pw = nh + pad_h, nw + pad_w
+            ys, xs = sliding_starts(ph, self.crop, self.stride), sliding_starts(pw, self.crop, self.stride)
+            wins = tuple(Window(y, y + self.crop, x, x + self.crop) for y in ys for x in xs)
+            plans.append(ScalePlan(s, (nh, nw), (ph, pw), (top, pad_h - top, left, pad_w - left), wins))
+        return plans
+
+    def predict(self, model: nn.Module, image: np.ndarray, prep: Preprocessing, rt: Runtime) -> torch.Tensor:
+        h, w = image.shape[:2]
+        img = _image_tensor(image, rt.device).float()
+        total: torch.Tensor | None = None
+        for p in self.plan(h, w):
+            x = prep.normalize(bilinear(img, p.resized))
+            top, bottom, left, right = p.pad
+            x = F.pad(x, (left, right, top, bottom))
+            score = slide(model, x, p.windows, rt, "semseg" if self.flip else "softmax", self.flip)
+            score = score[:, top : top + p.resized[0], left : left + p.resized[1]]
+            score = bilinear(score, (h, w))
+            total = score if total is None else total + score
+        assert total is not None
+        return total / len(self.scales)
+
+
+def mmcv_rescale_size(h: int, w: int, scale: tuple[int, int]) -> tuple[int, int]:
+    """mmcv keep-ratio rescale: factor = min(long_max / long, short_max / short); size int(x * f + 0.5)."""
+    long_max, short_max = max(scale), min(scale)
+    f = min(long_max / max(h, w), short_max / min(h, w))
+    return int(h * f + 0.5), int(w * f + 0.5)
+
+
+@dataclass(frozen=True)
+class MMSegSlide(Protocol):
+    name: str = "mmseg-slide"
+    crop: int = 769
+    stride: int = 513
+    resize_scale: tuple[int, int] | None = (2048, 1024)
+    flip: bool = False
+
+    def plan(self, h: int, w: int) -> list[ScalePlan]:
+        plans = []
+        for s in self.scales:
+            if self.resize_scale is None:
+                nh, nw = (h, w) if s == 1 else (int(h * s + 0.5), int(w * s + 0.5))
+            else:
+                nh, nw = mmcv_rescale_size(h, w, (self.resize_scale[0] * s, self.resize_scale[1] * s))
+            ys, xs = mmseg_starts(nh, self.crop, self.stride), mmseg_starts(nw, self.crop, self.stride)
+            wins = tuple(Window(y0, y1, x0, x1) for y0, y1 in ys for x0, x1 in xs)
+            for f in (False, True) if self.flip else (False,):
+                plans.append(ScalePlan(s, (nh, nw), (nh, nw), (0, 0, 0, 0), wins, f))
+        return plans
+
+    def predict(self, model: nn.Module, image: np.ndarray, prep: Preprocessing, rt: Runtime) -> torch.Tensor:
+        h, w = image.shape[:2]
+        img = _image_tensor(image, rt.device).float()
+        plans = self.plan(h, w)
+        total: torch.Tensor | None = None
+        for p in plans:
+            im = img if p.resized == (h, w) else torch.floor(bilinear(img, p.resized) + 0.5).clamp(0, 255)
+            if p.flip:
+                im = im.flip(-1)
+            logits = slide(model, prep.normalize(im), p.windows, rt, "logits", False)
+            if p.flip:
+                logits = logits.flip(-1)
+            logits = bilinear(logits, (h, w))
+            if len(plans) == 1:
+                return logits
+            prob = torch.softmax(logits, dim=0)
+            total = prob if total is None else total + prob
+        assert total is not None
+        return total / len(plans)
+
+
+@dataclass(frozen=True)
+class DeepLabMSC(Protocol):
+    name: str = "deeplab-msc"
+    crop: int = 513
+
+    def plan(self, h: int, w: int) -> list[ScalePlan]:
+        if self.scales != (1.0,) or self.flip:
+            raise ValueError("deeplab-msc is one forward of the fused MSC net: no extra scales and no flip")
+
+        def size(n: int) -> int:
+            return self.crop if n <= self.crop else ((n - 1 + 7) // 8) * 8 + 1
+
+        ph, pw = size(h), size(w)
+        return [ScalePlan(1.0, (h, w), (ph, pw), (0, ph - h, 0, pw - w), (Window(0, ph, 0, pw),))]
+
+    def predict(self, model: nn.Module, image: np.ndarray, prep: Preprocessing, rt: Runtime) -> torch.Tensor:
+        h, w = image.shape[:2]
+        (p,) = self.plan(h, w)
+        x = F.pad(prep.normalize(_image_tensor(image, rt.device)), (0, p.pad[3], 0, p.pad[1]))
+        return forward_batch(model, x[None], rt)[0, :, :h, :w]
+
+
+@dataclass(frozen=True)
+class Whole(Protocol):
+    name: str = "whole"
+
+    def plan(self, h: int, w: int) -> list[ScalePlan]:
+        plans = []
+        for s in self.scales:
+            nh, nw = (h, w) if s == 1 else (int(h * s + 0.5), int(w * s + 0.5))
+            for f in (False, True) if self.flip else (False,):
+                plans.append(ScalePlan(s, (nh, nw), (nh, nw), (0, 0, 0, 0), (Window(0, nh, 0, nw),), f))
+        return plans
+
+    def predict(self, model: nn.Module, image: np.ndarray, prep: Preprocessing, rt: Runtime) -> torch.Tensor:
+        h, w = image.shape[:2]
+        img = _image_tensor(image, rt.device).float()
+        plans = self.plan(h, w)
+        total: torch.Tensor | None = None
+        for p in plans:
+            x = prep.normalize(bilinear(img, p.resized))
+            if p.flip:
+                x = x.flip(-1)
+            logits = forward_batch(model, x[None], rt)[0]
+            if p.flip:
+                logits = logits.flip(-1)
+            logits = bilinear(logits, (h, w))
+            if len(plans) == 1:
+                return logits
+            prob = torch.softmax(logits, dim=0)
+            total = prob if total is None else total + prob
+        assert total is not None
+        return total / len(plans)
+
+
+# ---------------------------------------------------------------------------------------------- presets
+
+# (protocol, dataset) -> keyword arguments; the numbers are the sources' test settings.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "pspnet": {
+        "voc": {"base_size": 512, "crop": 473},
+        "ade20k": {"base_size": 512, "crop": 473},
+        "cityscapes": {"base_size": 2048, "crop": 713},
+    },
+    "semseg": {
+        "voc": {"base_size": 512, "crop": 473},
+        "ade20k": {"base_size": 512, "crop": 473},
+        "cityscapes": {"base_size": 2048, "crop": 713},
+    },
+    "mmseg-slide": {
+        "voc": {"crop": 512, "stride": 341, "resize_scale": (2048, 512)},
+        "ade20k": {"crop": 512, "stride": 341, "resize_scale": (2048, 512)},
+        "cityscapes": {"crop": 769, "stride": 513, "resize_scale": (2048, 1024)},
+    },
+    "deeplab-msc": {"voc": {"crop": 513}, "ade20k": {"crop": 513}, "cityscapes": {"crop": 513}},
+    "whole": {"voc": {}, "ade20k": {}, "cityscapes": {}},
+}
+_CLASSES: dict[str, type[Protocol]] = {
+    "pspnet": PSPNetMatlab,
+    "semseg": Semseg,
+    "mmseg-slide": MMSegSlide,
+    "deeplab-msc": DeepLabMSC,
+    "whole": Whole,
+}
+PROTOCOLS = tuple(_CLASSES)
+DEFAULT_PROTOCOL = {"voc": "deeplab-msc", "ade20k": "pspnet", "cityscapes": "pspnet"}
+
+
+def get_protocol(
+    name: str,
+    dataset: str = "voc",
+    *,
+    scales: tuple[float, ...] | None = None,
+    flip: bool | None = None,
+    **overrides: Any,
+) -> Protocol:
+    """A preset for ``dataset`` with optional scales / flip / field overrides (e.g. ``crop=473``)."""
+    key = name.lower().replace("_", "-")
+    if key in ("pspnet-matlab", "psp"):
+        key = "pspnet"
+    if key not in _CLASSES:
+        raise ValueError(f"unknown protocol '{name}' (choose from {', '.join(PROTOCOLS)})")
+    kwargs = dict(PRESETS[key].get(dataset, {}))
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    proto = _CLASSES[key](**kwargs)
+    return proto.with_options(scales, flip)
+
+
+def parse_scales(text: str | None) -> tuple[float, ...] | None:
+    """'ss' -> (1,), 'ms' -> (0.5 .. 1.75), '0.5,1,1.5' -> floats; None stays None."""
+    if text is None:
+        return None
+    t = text.strip().lower()
+    if t == "ss":
+        return (1.0,)
+    if t == "ms":
+        return MS_SCALES
+    try:
+        vals = tuple(float(v) for v in t.replace(" ", ",").split(",") if v)
+    except ValueError as exc:
+        raise ValueError(f"scales must be 'ss', 'ms' or comma-separated numbers, got {text!r}") from exc
+    if not vals or any(v <= 0 for v in vals):
+        raise ValueError(f"scales must be positive numbers, got {text!r}")
+    return vals

@@ -1,0 +1,251 @@
+"""PSPNet (hszhao/PSPNet Caffe release; also the TF-Slim / Keras port variants via config).
+
+Module names and their Caffe counterparts (SPEC 4.2): ``backbone.stem.conv{1,2,3}`` (``conv1_{1,2,3}_3x3``),
+``backbone.layer{S-1}.{k-1}.conv{1,2,3}`` (``conv{S}_{k}_1x1_reduce``/``_3x3``/``_1x1_increase``),
+``backbone.layer{S-1}.0.downsample`` (``conv{S}_1_1x1_proj``), ``ppm.pool{n}.{pool,conv,bn,relu,upsample}``
+(``conv5_3_pool{n}``, ``_conv``, ``_conv/bn``, ``_conv/relu``, ``_interp``), ``ppm`` (``conv5_3_concat``),
+``head.{conv,bn,relu,dropout,classifier}`` (``conv5_4``, ``/bn``, ``/relu``, ``/dropout``, ``conv6``),
+``upsample.interp`` (``conv6_interp``). ``aux`` (training only) has no Caffe counterpart.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layers import ConvBNReLU, Resize, UpsampleToInput
+from .ops import RESIZE_MODES, CaffePool2d, TFSamePool2d, make_norm
+from .resnet import BACKBONE_KEYS, ResNet, resnet_config
+
+__all__ = ["PSPNet", "PyramidPooling", "PPMPool", "pspnet_config", "PPM_MODES"]
+
+PPM_MODES = ("fixed", "adaptive", "tf_same")
+
+
+class PPMPool(nn.Module):
+    """Average pooling of one pyramid level.
+
+    ``fixed``: Caffe AVE pooling with kernel = stride = feature//bin fixed at build time from ``input_size``
+    (60/30/20/10 at 473, 90/45/30/15 at 713); other feature sizes raise (the released nets are only valid at
+    their crop size: pad the input). ``adaptive``: ``adaptive_avg_pool2d(bin)``. ``tf_same``: TF ``avg_pool``
+    with kernel = stride = feature//bin and SAME padding, computed per input (PSPNet-TF-Reproduce).
+    """
+
+    def __init__(self, bin_size: int, mode: str, feature_size: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        self.bin_size, self.mode = int(bin_size), mode
+        self.feature_size = tuple(feature_size) if feature_size is not None else None
+        self.pool: nn.Module | None = None
+        if mode == "fixed":
+            if self.feature_size is None:
+                raise ValueError("ppm_mode='fixed' needs input_size (the crop the pooling kernels are made for)")
+            kernel = tuple(max(1, f // self.bin_size) for f in self.feature_size)
+            self.pool = CaffePool2d("ave", kernel, kernel)
+        elif mode not in PPM_MODES:
+            raise ValueError(f"ppm_mode must be one of {PPM_MODES}, got {mode!r}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        if self.mode == "fixed":
+            if (h, w) != self.feature_size:
+                raise ValueError(
+                    f"PSPNet with fixed pyramid-pooling kernels expects a {self.feature_size} feature map "
+                    f"(its crop size), got {(h, w)}: pad the input to the crop or use ppm_mode='adaptive'"
+                )
+            return self.pool(x)
+        if self.mode == "adaptive":
+            return F.adaptive_avg_pool2d(x, self.bin_size)
+        k = (max(1, h // self.bin_size), max(1, w // self.bin_size))
+        return TFSamePool2d("avg", k, k)(x)
+
+    def extra_repr(self) -> str:
+        return f"bin={self.bin_size}, mode={self.mode}"
+
+
+class PPMBranch(nn.Module):
+    """``pool`` -> 1x1 ``conv`` -> ``bn`` -> ``relu`` -> ``upsample`` back to the feature size."""
+
+    def __init__(self, pool: PPMPool, cin: int, cout: int, norm: str, eps: float, resize: str) -> None:
+        super().__init__()
+        self.pool = pool
+        self.conv = nn.Conv2d(cin, cout, 1, bias=False)
+        self.bn = make_norm(norm, cout, eps)
+        self.relu = nn.ReLU(inplace=True)
+        self.upsample = Resize(resize)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.relu(self.bn(self.conv(self.pool(x))))
+        return self.upsample(y, x.shape[-2:])
+
+
+class PyramidPooling(nn.Module):
+    """Pyramid pooling module; output = concat([x] + branches in ``bins`` order) (Caffe: x, 6, 3, 2, 1)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        bins: list[int],
+        mode: str,
+        feature_size: tuple[int, int] | None,
+        norm: str,
+        eps: float,
+        resize: str,
+    ) -> None:
+        super().__init__()
+        if len(set(bins)) != len(bins):
+            raise ValueError(f"ppm_bins must be distinct, got {bins}")
+        self.names = [f"pool{b}" for b in bins]
+        for name, b in zip(self.names, bins, strict=True):
+            branch = PPMBranch(PPMPool(b, mode, feature_size), in_channels, width, norm, eps, resize)
+            self.add_module(name, branch)
+        self.out_channels = in_channels + width * len(bins)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([x, *(getattr(self, name)(x) for name in self.names)], dim=1)
+
+
+class PSPHead(nn.Module):
+    """``conv`` 3x3 -> ``bn`` -> ``relu`` -> ``dropout`` -> ``classifier`` 1x1 (with bias)."""
+
+    def __init__(self, cin: int, width: int, num_classes: int, dropout: float, norm: str, eps: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, width, 3, padding=1, bias=False)
+        self.bn = make_norm(norm, width, eps)
+        self.relu = nn.ReLU(inplace=True)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.dropout(self.relu(self.bn(self.conv(x)))))
+
+
+def pspnet_config(
+    num_classes: int = 150,
+    depth: int = 50,
+    input_size: list[int] | None = None,
+    ppm_bins: list[int] | None = None,
+    ppm_mode: str = "fixed",
+    ppm_width: int = 512,
+    head_width: int = 512,
+    dropout: float = 0.1,
+    resize: str = "align_corners",
+    aux: bool = False,
+    aux_width: int = 256,
+    stem: str = "deep",
+    stride_in: str = "1x1",
+    padding: str = "caffe",
+    stem_widths: list[int] | None = None,
+    widths: list[int] | None = None,
+    out_widths: list[int] | None = None,
+    output_stride: int = 8,
+    strides: list[int] | None = None,
+    dilations: list[int] | None = None,
+    bn_eps: float = 1e-5,
+    norm: str = "frozen",
+) -> dict[str, Any]:
+    """Complete PSPNet keyword arguments into a JSON-serialisable config."""
+    bb = resnet_config(
+        depth=depth,
+        stem=stem,
+        stride_in=stride_in,
+        padding=padding,
+        stem_widths=stem_widths,
+        widths=widths,
+        out_widths=out_widths,
+        output_stride=output_stride,
+        strides=strides,
+        dilations=dilations,
+        bn_eps=bn_eps,
+        norm=norm,
+    )
+    bb.pop("in_channels")
+    if ppm_mode not in PPM_MODES:
+        raise ValueError(f"ppm_mode must be one of {PPM_MODES}, got {ppm_mode!r}")
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    if input_size is not None:
+        input_size = [int(s) for s in ([input_size] * 2 if isinstance(input_size, int) else input_size)]
+    if ppm_mode == "fixed" and input_size is None:
+        raise ValueError("ppm_mode='fixed' needs input_size (e.g. [473, 473]); or use ppm_mode='adaptive'")
+    return dict(
+        num_classes=int(num_classes),
+        input_size=input_size,
+        ppm_bins=[int(b) for b in (ppm_bins or [6, 3, 2, 1])],
+        ppm_mode=ppm_mode,
+        ppm_width=int(ppm_width),
+        head_width=int(head_width),
+        dropout=float(dropout),
+        resize=resize,
+        aux=bool(aux),
+        aux_width=int(aux_width),
+        **bb,
+    )
+
+
+class PSPNet(nn.Module):
+    """PSPNet: dilated ResNet (output stride 8) + pyramid pooling + 3x3 head + 1x1 classifier.
+
+    Eval ``forward(x)`` returns ``conv6_interp`` logits at input resolution as a tensor (Caffe: Interp zoom 8,
+    exact for 473/713; cropped to HxW otherwise). Training ``forward`` returns ``{"out": logits}`` plus
+    ``"aux"`` (upsampled stage-4 auxiliary logits) when ``aux=True``.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        self.config = cfg = pspnet_config(**kwargs)
+        self.backbone = ResNet(**{k: cfg[k] for k in BACKBONE_KEYS if k in cfg})
+        feat = None
+        if cfg["input_size"] is not None:
+            feat = self.backbone.feature_size(*cfg["input_size"])
+        self.ppm = PyramidPooling(
+            self.backbone.out_channels,
+            cfg["ppm_width"],
+            cfg["ppm_bins"],
+            cfg["ppm_mode"],
+            feat,
+            cfg["norm"],
+            cfg["bn_eps"],
+            cfg["resize"],
+        )
+        self.head = PSPHead(
+            self.ppm.out_channels, cfg["head_width"], cfg["num_classes"], cfg["dropout"], cfg["norm"], cfg["bn_eps"]
+        )
+        self.upsample = UpsampleToInput(cfg["output_stride"], cfg["resize"])
+        self.aux: nn.Module | None = None
+        if cfg["aux"]:
+            self.aux = nn.Sequential(
+                OrderedDict(
+                    block=ConvBNReLU(cfg["out_widths"][2], cfg["aux_width"], 3, cfg["norm"], cfg["bn_eps"]),
+                    dropout=nn.Dropout(cfg["dropout"]),
+                    classifier=nn.Conv2d(cfg["aux_width"], cfg["num_classes"], 1),
+                )
+            )
+        for m in (self.ppm, self.head, self.aux):
+            if m is not None:
+                for c in m.modules():
+                    if isinstance(c, nn.Conv2d):
+                        nn.init.kaiming_normal_(c.weight, mode="fan_out", nonlinearity="relu")
+                        if c.bias is not None:
+                            nn.init.zeros_(c.bias)
+
+    @property
+    def arch_name(self) -> str:
+        return f"pspnet{self.config['depth']}"
+
+    def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
+        size = x.shape[-2:]
+        bb = self.backbone
+        c3 = bb.layer3(bb.layer2(bb.layer1(bb.stem(x))))
+        c4 = bb.layer4(c3)
+        out = self.upsample(self.head(self.ppm(c4)), size)
+        if not self.training:
+            return out
+        result: dict[str, Tensor] = OrderedDict(out=out)
+        if self.aux is not None:
+            result["aux"] = self.upsample(self.aux(c3), size)
+        return result
