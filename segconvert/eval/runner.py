@@ -1,0 +1,196 @@
+"""Evaluation loops: run a protocol over a dataset (``evaluate``) or score label PNGs on disk (``score_folder``)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from segconvert.errors import DatasetError, WeightsFileError
+from segconvert.eval import palettes
+from segconvert.eval.datasets import SegDataset, read_index_png
+from segconvert.eval.metrics import EvalResult
+from segconvert.eval.protocols import Preprocessing, Protocol, Runtime
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """'auto' -> cuda if available, else mps, else cpu."""
+    if isinstance(spec, torch.device):
+        return spec
+    if spec in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {spec!r} requested but CUDA is not available")
+    return dev
+
+
+def load_weights(path: str | Path, device: torch.device) -> nn.Module:
+    """Rebuild a converted model with :func:`segconvert.load_model` (the converted-weights store)."""
+    try:
+        from segconvert import load_model
+    except ImportError as exc:  # pragma: no cover
+        raise WeightsFileError("segconvert.load_model is not available", file=path) from exc
+    try:
+        return load_model(str(path), device=str(device))
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("segconvert"):
+            raise WeightsFileError(f"cannot load converted weights: {exc.name} is not available", file=path) from exc
+        raise
+
+
+class _Timer:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.total: dict[str, float] = {}
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def add(self, key: str, seconds: float) -> None:
+        self.total[key] = self.total.get(key, 0.0) + seconds
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=not enabled, dynamic_ncols=True)
+
+
+def save_prediction(dataset: SegDataset, index: int, pred: np.ndarray, image: np.ndarray, out_dir: Path) -> None:
+    """``labels/`` released-format label PNG, ``color/`` palette PNG, ``overlay/`` blended RGB PNG."""
+    sample = dataset.samples[index]
+    rel = dataset.prediction_relpath(sample)
+    values = dataset.label_png_values(pred)
+    palettes.atomic_save_png(Image.fromarray(values, mode="L"), out_dir / "labels" / rel)
+    palettes.atomic_save_png(palettes.palette_image(pred, dataset.palette), out_dir / "color" / rel)
+    ov = palettes.overlay(image, pred, dataset.palette)
+    palettes.atomic_save_png(Image.fromarray(ov), out_dir / "overlay" / rel)
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: SegDataset,
+    protocol: Protocol,
+    *,
+    device: str | torch.device = "auto",
+    batch_size: int = 4,
+    amp: bool | None = None,
+    limit: int | None = None,
+    save_pred: str | Path | None = None,
+    preprocessing: Preprocessing | None = None,
+    progress: bool = True,
+    on_image: Callable[[int, np.ndarray], None] | None = None,
+) -> EvalResult:
+    """Predict every image with ``protocol`` and score it with the dataset's metric (accumulated on device)."""
+    dev = resolve_device(device)
+    prep = preprocessing or Preprocessing.from_model(model)
+    model = model.eval().to(dev)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    rt = Runtime(dev, batch_size, amp)
+    scorer = dataset.make_scorer(dev)
+    n = len(dataset) if limit is None else min(int(limit), len(dataset))
+    if n == 0:
+        raise DatasetError("no images to evaluate", file=dataset.root)
+    out_dir = Path(save_pred) if save_pred else None
+    timer = _Timer(dev)
+    start = time.perf_counter()
+    bar = _progress(n, f"eval {dataset.name}", progress)
+    num_classes = None
+    try:
+        for i in range(n):
+            t0 = time.perf_counter()
+            image = dataset.load_image(i)
+            target = dataset.load_target(i)
+            t1 = time.perf_counter()
+            scores = protocol.predict(model, image, prep, rt)
+            pred = scores.argmax(0)
+            timer.sync()
+            t2 = time.perf_counter()
+            num_classes = scores.shape[0]
+            if tuple(pred.shape) != tuple(target.label.shape):
+                raise DatasetError(
+                    f"prediction {tuple(pred.shape)} and ground truth {tuple(target.label.shape)} differ in size",
+                    file=dataset.samples[i].label,
+                )
+            scorer.update(pred, target)
+            timer.sync()
+            t3 = time.perf_counter()
+            if out_dir is not None or on_image is not None:
+                pred_np = pred.to(torch.uint8).cpu().numpy()
+                if out_dir is not None:
+                    save_prediction(dataset, i, pred_np, image, out_dir)
+                if on_image is not None:
+                    on_image(i, pred_np)
+            timer.add("load", t1 - t0)
+            timer.add("inference", t2 - t1)
+            timer.add("metric", t3 - t2)
+            bar.update(1)
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - start
+    if num_classes is not None and num_classes != dataset.num_classes:
+        raise DatasetError(
+            f"model predicts {num_classes} classes but {dataset.name} has {dataset.num_classes}", file=dataset.root
+        )
+    result = scorer.result()
+    result.info.update(
+        split=dataset.split,
+        protocol=protocol.describe(),
+        device=str(dev),
+        timing={"seconds": elapsed, "images_per_second": n / elapsed if elapsed else None, **timer.total},
+    )
+    return result
+
+
+def score_folder(
+    dataset: SegDataset,
+    pred_dir: str | Path,
+    *,
+    pred_ids: str,
+    device: str | torch.device = "cpu",
+    limit: int | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Score existing prediction PNGs (named as the official tools expect) with the dataset's metric."""
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise DatasetError("prediction folder not found", file=pred_dir)
+    dev = resolve_device(device)
+    n = len(dataset) if limit is None else min(int(limit), len(dataset))
+    if limit is not None:
+        dataset.samples = dataset.samples[:n]
+    files = dataset.find_predictions(pred_dir)
+    scorer = dataset.make_scorer(dev)
+    bar = _progress(n, f"score {dataset.name}", progress)
+    try:
+        for i, path in enumerate(files):
+            target = dataset.load_target(i)
+            pred, _mode = read_index_png(path, "prediction")
+            if pred.ndim != 2:
+                raise DatasetError("prediction PNG must be single-channel", file=path)
+            if pred.shape != target.label.shape:
+                raise DatasetError(
+                    f"prediction size {pred.shape[::-1]} != ground truth size {target.label.shape[::-1]} (W, H)",
+                    file=path,
+                )
+            dataset.score_prediction(scorer, pred, target, pred_ids, path)
+            bar.update(1)
+    finally:
+        bar.close()
+    result = scorer.result()
+    result.info.update(split=dataset.split, predictions=str(pred_dir), pred_ids=pred_ids)
+    return result
