@@ -52,11 +52,16 @@ def _resize_dim(x: torch.Tensor, dim: int, out_len: int, antialias: bool, acc_dt
     w, idx = matlab_contributions(x.shape[dim], out_len, antialias)
     shape = [1] * x.dim()
     shape[dim] = out_len
-    out = None
+    last = dim == x.dim() - 1
+    out: torch.Tensor | None = None
     for p in range(w.shape[1]):
         wp = torch.as_tensor(w[:, p], dtype=acc_dtype, device=x.device).view(shape)
-        term = x.index_select(dim, torch.as_tensor(idx[:, p], device=x.device)).to(acc_dtype) * wp
-        out = term if out is None else out + term
+        ip = torch.as_tensor(idx[:, p], device=x.device)
+        src = (x[..., ip] if last else x[..., ip, :]).to(acc_dtype)  # advanced indexing: fast on both dims
+        if out is None:
+            out = src.mul_(wp) if src.data_ptr() != x.data_ptr() else src * wp
+        else:
+            out.addcmul_(src, wp)
     assert out is not None
     return out
 

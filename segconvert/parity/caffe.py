@@ -1,0 +1,89 @@
+"""Parity against real-Caffe dumps: run a converted model, compare every mapped layer with ``outputs.npz``.
+
+The dump format is the fixtures' (``../shared/fixtures/caffe/README.md``): ``outputs.npz`` keyed
+``"<layer>/<top index>"`` holding each top right after its layer ran, and ``meta.json`` with each output's
+full-tensor stats and, for big tops, the sampled ``index``. Users can produce the same from pycaffe.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from segconvert.parity.report import ParityReport, compare
+
+
+def depth_tolerance(i: int, n: int, first: float = 1e-4, last: float = 2e-3) -> float:
+    """Allowed max|d| / max|ref| at the i-th of n compared layers: geometric from ``first`` to ``last``.
+
+    Float32 rounding grows with depth (the fixtures README measures ~5e-7 at conv1 and ~1e-3 at res5c of
+    ResNet-101 between two correct implementations), so the bound is tight near the input.
+    """
+    if n <= 1:
+        return last
+    return first * (last / first) ** (i / (n - 1))
+
+
+def load_dump(case_dir: str | Path) -> tuple[np.ndarray, Mapping[str, np.ndarray], dict[str, Any]]:
+    case = Path(case_dir)
+    meta = json.loads((case / "meta.json").read_text())
+    return np.load(case / "input.npy"), np.load(case / "outputs.npz"), meta
+
+
+def caffe_parity(
+    model: torch.nn.Module,
+    tap_map: Mapping[str, Any],
+    input_array: np.ndarray,
+    outputs: Mapping[str, np.ndarray],
+    meta: Mapping[str, Any],
+    *,
+    source: str = "real Caffe",
+    first_tol: float = 1e-4,
+    last_tol: float = 2e-3,
+) -> tuple[ParityReport, torch.Tensor]:
+    """Compare our module outputs (``tap_map``: Caffe layer name -> module path or (path, call)) with Caffe's."""
+    from segconvert.reference_models import capture_outputs
+
+    entries = {o["key"]: o for o in meta.get("outputs", [])}
+    types = {layer["name"]: layer["type"] for layer in meta.get("layers", [])}
+    order = [layer["name"] for layer in meta.get("layers", [])]
+    taps = {name: tap_map[name] for name in order if name in tap_map and f"{name}/0" in outputs}
+    model.eval()
+    out, captured = capture_outputs(model, torch.from_numpy(np.ascontiguousarray(input_array)), taps)
+    names = list(taps)
+    report = ParityReport(source=source)
+    for i, name in enumerate(names):
+        key = f"{name}/0"
+        entry = entries.get(key, {})
+        index = entry.get("index") if entry.get("stored") == "sampled" else None
+        absmax = entry.get("stats", {}).get("absmax")
+        report.rows.append(
+            compare(
+                name,
+                types.get(name, "?"),
+                captured[name].cpu().numpy(),
+                outputs[key],
+                tolerance=depth_tolerance(i, len(names), first_tol, last_tol),
+                ref_absmax=absmax,
+                index=index,
+            )
+        )
+    report.uncompared = [n for n in order if n not in taps and f"{n}/0" in outputs and types.get(n) != "Split"]
+    return report, out
+
+
+def argmax_agreement(ours: np.ndarray, ref: np.ndarray, index: list[list[int]] | None = None) -> float:
+    """Fraction of pixels whose class argmax agrees (channel axis 1; ``index`` selects a stored sample)."""
+    if index is not None:
+        full_c = list(range(ours.shape[1]))
+        if len(index[1]) != len(full_c):
+            raise ValueError("argmax needs every channel of the reference")
+        ours = ours[np.ix_(*index)]
+    a, b = np.argmax(ours, axis=1), np.argmax(ref, axis=1)
+    return float(np.mean(a == b)) if a.size else math.nan

@@ -1,0 +1,148 @@
+"""Converted-weights files: safetensors (default) or ``.pth``, with provenance metadata and a JSON sidecar.
+
+The metadata (architecture and config, classes, input size, expected preprocessing, source files with
+sha256, segconvert version, parity figures) is stored inside the weights file and in ``<file>.json``.
+Writes are atomic and deterministic: the same input gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from segconvert import __version__
+from segconvert.errors import WeightsFileError
+
+META_KEY = "segconvert"
+FORMATS = ("safetensors", "pth")
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def source_entry(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    return {"path": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+
+
+def _canonical(meta: Mapping[str, Any]) -> str:
+    return json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_converted(
+    path: str | os.PathLike[str],
+    state_dict: Mapping[str, torch.Tensor],
+    meta: Mapping[str, Any],
+    fmt: str | None = None,
+) -> Path:
+    """Write weights + metadata atomically, then the ``<path>.json`` sidecar. Returns the weights path."""
+    path = Path(path)
+    fmt = fmt or ("pth" if path.suffix in (".pth", ".pt") else "safetensors")
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+    meta = {**meta, "segconvert_version": meta.get("segconvert_version", __version__)}
+    text = _canonical(meta)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in sorted(state_dict.items())}
+
+    def write_weights(tmp: str) -> None:
+        if fmt == "safetensors":
+            from safetensors.torch import save_file
+
+            save_file(tensors, tmp, metadata={META_KEY: text})
+        else:
+            torch.save({"state_dict": tensors, META_KEY: text}, tmp)
+
+    _atomic_write(path, write_weights)
+    sidecar = {
+        **meta,
+        "weights_file": {"path": path.name, "format": fmt, "sha256": sha256_file(path)},
+        "tensors": {
+            k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in tensors.items()
+        },
+    }
+    side_text = json.dumps(sidecar, sort_keys=True, indent=1, allow_nan=False) + "\n"
+    _atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(side_text))
+    return path
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    return Path(str(path) + ".json")
+
+
+def _load_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if not path.is_file():
+        raise WeightsFileError("no such weights file", file=path)
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    try:
+        if head.startswith(b"PK"):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(obj, dict) or META_KEY not in obj or "state_dict" not in obj:
+                raise WeightsFileError("a .pth without segconvert metadata (not written by segconvert)", file=path)
+            return dict(obj["state_dict"]), json.loads(obj[META_KEY])
+        from safetensors import safe_open
+
+        tensors: dict[str, torch.Tensor] = {}
+        with safe_open(str(path), framework="pt") as f:
+            meta_text = (f.metadata() or {}).get(META_KEY)
+            if meta_text is None:
+                raise WeightsFileError("a safetensors file without segconvert metadata", file=path, key=META_KEY)
+            for key in f.keys():
+                tensors[key] = f.get_tensor(key)
+        return tensors, json.loads(meta_text)
+    except WeightsFileError:
+        raise
+    except Exception as exc:  # corrupt container: one typed error, never a traceback
+        raise WeightsFileError(f"cannot read weights: {type(exc).__name__}: {exc}", file=path) from None
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata stored in a converted weights file."""
+    return _load_raw(Path(path))[1]
+
+
+def load_model(path: str | os.PathLike[str], device: str = "cpu", **overrides: Any) -> torch.nn.Module:
+    """Rebuild the model from the file's metadata, load the weights strictly, and put it in eval mode."""
+    from segconvert.reference_models import create_model
+
+    path = Path(path)
+    state, meta = _load_raw(path)
+    config = {**meta.get("config", {}), **overrides}
+    try:
+        model = create_model(meta["arch"], **config)
+    except KeyError as exc:
+        raise WeightsFileError(f"unknown architecture {exc}", file=path, key="arch") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsFileError(
+            f"weights do not match architecture {meta['arch']}: missing {list(missing)[:5]}, "
+            f"unexpected {list(unexpected)[:5]}",
+            file=path,
+        )
+    model.eval().to(device)
+    model.segconvert_meta = meta
+    return model
