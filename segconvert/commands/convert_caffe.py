@@ -50,12 +50,12 @@ def convert_caffe_files(
         "config": conv.config,
         "num_classes": conv.config.get("num_classes"),
         "input_size": conv.config.get("input_size"),
-        "preprocessing": conv.preprocessing,
+        "preprocessing": caffe_preprocessing(conv.arch),
         "source": {"format": "caffe", "net_name": net.name, "files": sources},
         "conversion": {
-            "skipped_layers": conv.skipped_layers,
+            "skipped_layers": [list(s) for s in conv.skipped_layers],
             "shared_copies": len(conv.shared_copies),
-            "source_blobs": conv.num_source_blobs,
+            "source_blobs": sum(len(layer.blobs) for layer in net.layers if not layer.shared_from),
             "tensors": len(conv.state_dict),
         },
     }
@@ -83,6 +83,15 @@ def convert_caffe_files(
     return report
 
 
+# Mean pixels (B, G, R) of the released Caffe models; inputs are 0-255 BGR with no std (SPEC 3.3, 4.3).
+_CAFFE_MEANS = {"deeplab": [104.008, 116.669, 122.675], "pspnet": [103.939, 116.779, 123.68]}
+
+
+def caffe_preprocessing(arch: str) -> dict[str, Any]:
+    mean = _CAFFE_MEANS["deeplab" if arch.startswith("deeplab") else "pspnet"]
+    return {"channel_order": "BGR", "mean": mean, "std": None, "scale": 1.0}
+
+
 def _progress_files(paths: list[Path], progress: bool) -> list[Path]:
     if progress and sum(p.stat().st_size for p in paths) > 64 * 1024 * 1024:
         from tqdm import tqdm
@@ -100,7 +109,8 @@ def print_report(report: dict[str, Any]) -> None:
         f"{len(conv.shared_copies)} MSC copy layers recognised as shared weights"
     )
     if conv.skipped_layers:
-        click.echo(f"skipped (no weights, not part of inference): {', '.join(conv.skipped_layers)}")
+        skipped = ", ".join(f"{name} ({ltype})" for name, ltype, _ in conv.skipped_layers)
+        click.echo(f"skipped (not part of inference): {skipped}")
     for note in getattr(conv, "notes", []) or []:
         click.echo(f"note: {note}")
     pre = meta["preprocessing"]

@@ -1,1 +1,6 @@
-"""segconvert.converters"""
+"""Name and layout mapping from source checkpoints onto :mod:`segconvert.reference_models`."""
+
+from segconvert.converters.caffe_detect import DetectedArch, detect_caffe_arch
+from segconvert.converters.caffe_names import CaffeConversion, Tap, convert_caffe_net
+
+__all__ = ["CaffeConversion", "DetectedArch", "Tap", "convert_caffe_net", "detect_caffe_arch"]

@@ -38,6 +38,11 @@ class DetectedArch:
     notes: list[str] = field(default_factory=list)
 
 
+def _f32(x: float) -> float:
+    """A float32 field as the shortest decimal that rounds back to it (1e-5, not 9.99999974738e-06)."""
+    return float(f"{float(x):.7g}")
+
+
 def _fail(net: Net, msg: str, layer: str | None = None) -> ConversionError:
     return ConversionError(msg, file=net.prototxt or net.caffemodel, layer=layer)
 
@@ -98,11 +103,10 @@ def _bn_eps(idx: _Index) -> float:
     for layer in idx.net.layers:
         if layer.type == "BatchNorm":
             p = layer.param.batch_norm_param
-            eps.add(float(p.eps) if p.HasField("eps") else 1e-5)
+            eps.add(_f32(p.eps) if p.HasField("eps") else 1e-5)
         elif layer.type == "BN":
             p = layer.param.bn_param
-            eps.add(float(p.eps) if p.HasField("eps") else 1e-5)
-    eps = {round(e, 12) for e in eps}
+            eps.add(_f32(p.eps) if p.HasField("eps") else 1e-5)
     if len(eps) > 1:
         raise _fail(idx.net, f"BatchNorm layers use different eps values {sorted(eps)}; one eps is supported")
     return eps.pop() if eps else 1e-5
@@ -271,7 +275,7 @@ def _detect_pspnet(idx: _Index) -> DetectedArch:
     dropout = 0.0
     for layer in net.layers:
         if layer.type == "Dropout" and layer.bottoms == ["conv5_4"]:
-            dropout = float(layer.param.dropout_param.dropout_ratio)
+            dropout = _f32(layer.param.dropout_param.dropout_ratio)
     data_blob = idx.get("conv1_1_3x3_s2").bottoms[0]
     input_size = idx.input_hw(data_blob)
     pool = idx.get(f"conv5_3_pool{bins[0]}", "Pooling")

@@ -98,6 +98,13 @@ class EvalResult:
 # ----------------------------------------------------------------------------------------- accumulation
 
 
+def as_tensor(x: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
+    """A tensor on ``device`` (read-only numpy arrays, e.g. decoded PNGs, are copied first)."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.require(x, requirements=["W", "C"]))
+    return x.to(device)
+
+
 class ConfusionMatrix:
     """(n, n + 1) int64 confusion matrix on ``device``: rows ground truth, last column = void prediction."""
 
@@ -108,8 +115,8 @@ class ConfusionMatrix:
 
     def update(self, pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> None:
         """Add one image. ``pred`` and ``target`` are integer maps of the same shape."""
-        pred = torch.as_tensor(pred).to(self.device)
-        target = torch.as_tensor(target).to(self.device)
+        pred = as_tensor(pred, self.device)
+        target = as_tensor(target, self.device)
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} != ground truth shape {tuple(target.shape)}")
         n = self.num_classes
@@ -172,9 +179,7 @@ class SegScorer:
     def result(self) -> EvalResult:
         mat = self.cm.numpy()
         s = scores_from_confusion(mat)
-        classes = [
-            ClassScore(name, float(s["iou"][i]), float(s["acc"][i])) for i, name in enumerate(self.class_names)
-        ]
+        classes = [ClassScore(name, float(s["iou"][i]), float(s["acc"][i])) for i, name in enumerate(self.class_names)]
         return EvalResult(self.dataset, self.num_images, classes, s["mIoU"], s["mAcc"], s["aAcc"], s["mIoU_all"], mat)
 
 
@@ -217,7 +222,7 @@ class CityscapesScorer:
 
     def update(self, pred: torch.Tensor | np.ndarray, target: Any) -> None:
         """Add one image whose prediction is in trainIds (0..18; anything else is a void prediction)."""
-        p = torch.as_tensor(pred).to(self.device).long()
+        p = as_tensor(pred, self.device).long()
         p = torch.where((p >= 0) & (p < 256), p, torch.full_like(p, 255))
         lid = self.train_to_label[p]
         lid = torch.where(p == 255, torch.full_like(lid, 255), lid)  # a void trainId prediction stays void
@@ -225,14 +230,14 @@ class CityscapesScorer:
 
     def update_label_ids(self, pred_label_ids: torch.Tensor | np.ndarray, target: Any) -> None:
         """Add one image whose prediction is in labelIds (as the official evaluator expects)."""
-        pred = torch.as_tensor(pred_label_ids).to(self.device).long()
-        gt = torch.as_tensor(target.label).to(self.device)
+        pred = as_tensor(pred_label_ids, self.device).long()
+        gt = as_tensor(target.label, self.device)
         self.cm.update(pred, gt)
         self.num_images += 1
         if target.instance is None:
             self.images_without_instances += 1
             return
-        self._add_instances(pred, torch.as_tensor(target.instance).to(self.device))
+        self._add_instances(pred, as_tensor(target.instance, self.device))
 
     def _add_instances(self, pred: torch.Tensor, inst: torch.Tensor) -> None:
         mask = inst > 1000
@@ -249,7 +254,7 @@ class CityscapesScorer:
         ic = self.cat_lut[lab.clamp(0, 255)][inv]
         cat_tp = torch.bincount(inv[(pc == ic) & (ic >= 0)], minlength=k)
         rows = torch.stack([uniq, size, tp, cat_tp]).cpu().tolist()
-        for inst_id, n, t, ct in zip(*rows):
+        for inst_id, n, t, ct in zip(*rows, strict=True):
             label = _BY_ID.get(int(inst_id) // 1000)
             if label is None or label.ignore_in_eval or label.name not in self.inst_classes:
                 continue

@@ -207,7 +207,7 @@ def slide(
             scores = logits if fuse == "logits" else torch.softmax(logits, dim=1)
         if acc is None:
             acc = torch.zeros(scores.shape[1], x.shape[1], x.shape[2], dtype=torch.float32, device=x.device)
-        for w, s in zip(chunk, scores):
+        for w, s in zip(chunk, scores, strict=True):
             acc[:, w.y0 : w.y1, w.x0 : w.x1] += s
             count[:, w.y0 : w.y1, w.x0 : w.x1] += 1
     assert acc is not None
@@ -216,7 +216,7 @@ def slide(
 
 def _image_tensor(image: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float64 on device (float32 on MPS)."""
-    t = torch.as_tensor(np.ascontiguousarray(image) if isinstance(image, np.ndarray) else image)
+    t = torch.from_numpy(np.require(image, requirements=["W", "C"])) if isinstance(image, np.ndarray) else image
     dtype = torch.float32 if device.type == "mps" else torch.float64
     return t.to(device).permute(2, 0, 1).to(dtype)
 

@@ -59,7 +59,7 @@ def _resize_dim(x: torch.Tensor, dim: int, out_len: int, antialias: bool, acc_dt
         ip = torch.as_tensor(idx[:, p], device=x.device)
         src = (x[..., ip] if last else x[..., ip, :]).to(acc_dtype)  # advanced indexing: fast on both dims
         if out is None:
-            out = src.mul_(wp) if src.data_ptr() != x.data_ptr() else src * wp
+            out = src * wp
         else:
             out.addcmul_(src, wp)
     assert out is not None

@@ -52,29 +52,38 @@ def caffe_parity(
 
     entries = {o["key"]: o for o in meta.get("outputs", [])}
     types = {layer["name"]: layer["type"] for layer in meta.get("layers", [])}
-    order = [layer["name"] for layer in meta.get("layers", [])]
-    taps = {name: tap_map[name] for name in order if name in tap_map and f"{name}/0" in outputs}
+    order = {layer["name"]: i for i, layer in enumerate(meta.get("layers", []))}
+    # A tap names the Caffe layer (and top) whose value our module's output equals: for an in-place chain
+    # conv -> BN -> ReLU that is the last layer of the chain.
+    keys: dict[str, str] = {}
+    for name, tap in tap_map.items():
+        layer = getattr(tap, "layer", name)
+        key = f"{layer}/{getattr(tap, 'top_index', 0)}"
+        if key in outputs:
+            keys[name] = key
+    taps = {name: tap_map[name] for name in sorted(keys, key=lambda n: order.get(keys[n].rsplit("/", 1)[0], 1 << 30))}
     model.eval()
     out, captured = capture_outputs(model, torch.from_numpy(np.ascontiguousarray(input_array)), taps)
-    names = list(taps)
     report = ParityReport(source=source)
-    for i, name in enumerate(names):
-        key = f"{name}/0"
+    for i, name in enumerate(taps):
+        key = keys[name]
+        layer = key.rsplit("/", 1)[0]
         entry = entries.get(key, {})
         index = entry.get("index") if entry.get("stored") == "sampled" else None
         absmax = entry.get("stats", {}).get("absmax")
         report.rows.append(
             compare(
-                name,
-                types.get(name, "?"),
+                layer,
+                types.get(layer, "?"),
                 captured[name].cpu().numpy(),
                 outputs[key],
-                tolerance=depth_tolerance(i, len(names), first_tol, last_tol),
+                tolerance=depth_tolerance(i, len(taps), first_tol, last_tol),
                 ref_absmax=absmax,
                 index=index,
             )
         )
-    report.uncompared = [n for n in order if n not in taps and f"{n}/0" in outputs and types.get(n) != "Split"]
+    compared = {k.rsplit("/", 1)[0] for k in keys.values()}
+    report.uncompared = [n for n in order if n not in compared and f"{n}/0" in outputs and types.get(n) != "Split"]
     return report, out
 
 

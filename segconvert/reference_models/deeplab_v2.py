@@ -32,6 +32,8 @@ class ASPP(nn.Module):
             nn.Conv2d(in_channels, num_classes, 3, padding=r, dilation=r, bias=True) for r in rates
         )
         for c in self.convs:
+            if c.weight.is_meta:
+                continue
             nn.init.normal_(c.weight, std=0.01)
             nn.init.zeros_(c.bias)
 

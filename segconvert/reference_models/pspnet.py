@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .layers import ConvBNReLU, Resize, UpsampleToInput
 from .ops import RESIZE_MODES, CaffePool2d, TFSamePool2d, make_norm
-from .resnet import BACKBONE_KEYS, ResNet, resnet_config
+from .resnet import BACKBONE_KEYS, ResNet, init_weights, resnet_config
 
 __all__ = ["PSPNet", "PyramidPooling", "PPMPool", "pspnet_config", "PPM_MODES"]
 
@@ -227,11 +227,7 @@ class PSPNet(nn.Module):
             )
         for m in (self.ppm, self.head, self.aux):
             if m is not None:
-                for c in m.modules():
-                    if isinstance(c, nn.Conv2d):
-                        nn.init.kaiming_normal_(c.weight, mode="fan_out", nonlinearity="relu")
-                        if c.bias is not None:
-                            nn.init.zeros_(c.bias)
+                init_weights(m)
 
     @property
     def arch_name(self) -> str:

@@ -220,7 +220,7 @@ class Bottleneck(nn.Module):
 def init_weights(module: nn.Module) -> None:
     """He-normal (fan_out) convolutions, zero biases, unit BN scale (torchvision's defaults)."""
     for m in module.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.Conv2d) and not m.weight.is_meta:
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

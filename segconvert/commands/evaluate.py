@@ -1,0 +1,352 @@
+"""``segconvert eval``, ``score``, ``zoo`` and ``reproduce``."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+
+from segconvert.errors import DatasetError
+
+DATASET_CHOICE = click.Choice(["voc", "cityscapes", "ade20k"], case_sensitive=False)
+
+
+def _protocol_choice() -> click.Choice:
+    from segconvert.eval.protocols import PROTOCOLS
+
+    return click.Choice(list(PROTOCOLS), case_sensitive=False)
+
+
+def _default_protocol(meta: dict[str, Any], dataset: str) -> str:
+    from segconvert.eval.protocols import DEFAULT_PROTOCOL
+
+    arch = str(meta.get("arch", ""))
+    if arch.startswith("deeplab"):
+        return "deeplab-msc"
+    if arch.startswith("pspnet"):
+        fmt = str((meta.get("source") or {}).get("format", ""))
+        return "semseg" if fmt in ("pytorch", "pth", "semseg") else "pspnet"
+    return DEFAULT_PROTOCOL.get(dataset, "whole")
+
+
+def _crop_from_meta(meta: dict[str, Any]) -> int | None:
+    size = meta.get("input_size")
+    if isinstance(size, (list, tuple)) and size and size[0]:
+        return int(size[0])
+    if isinstance(size, int):
+        return size
+    return None
+
+
+def _emit(result: Any, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+    from segconvert.eval.report import class_table, summary_line, to_json_text
+
+    if as_json:
+        payload = result.to_json()
+        if extra:
+            payload.update(extra)
+        click.echo(to_json_text(payload))
+    else:
+        click.echo(class_table(result))
+        click.echo(summary_line(result))
+
+
+def _make_protocol(name: str, dataset: str, scales: str | None, flip: bool | None, **overrides: Any) -> Any:
+    from segconvert.eval.protocols import get_protocol, parse_scales
+
+    try:
+        proto = get_protocol(name, dataset, scales=parse_scales(scales), flip=flip, **overrides)
+        proto.plan(513, 513)  # validates option combinations (e.g. deeplab-msc without scales)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    return proto
+
+
+# -------------------------------------------------------------------------------------------------- eval
+
+
+@click.command("eval")
+@click.argument("weights", type=click.Path(exists=True, dir_okay=False))
+@click.option("--dataset", type=DATASET_CHOICE, required=True, help="Dataset in its released layout.")
+@click.option("--root", type=click.Path(), required=True, help="Dataset root folder.")
+@click.option("--split", default="val", show_default=True)
+@click.option("--protocol", type=_protocol_choice(), default=None, help="Inference protocol preset.")
+@click.option("--scales", default=None, help="'ss', 'ms' or comma-separated scales (default: the preset's).")
+@click.option("--flip/--no-flip", default=None, help="Flip augmentation (default: the preset's).")
+@click.option("--crop", type=int, default=None, help="Crop size (default: the weights' input size / preset).")
+@click.option("--base-size", type=int, default=None, help="Base size of the scale rule (pspnet/semseg).")
+@click.option("--limit", type=int, default=None, help="Evaluate the first N images only.")
+@click.option("--save-pred", type=click.Path(file_okay=False), default=None, help="Write labels/, color/, overlay/.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
+@click.option("--batch-size", type=int, default=4, show_default=True, help="Crops per forward.")
+@click.option("--amp/--no-amp", default=None, help="float16 autocast (default: on with CUDA).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def eval_cmd(
+    weights: str,
+    dataset: str,
+    root: str,
+    split: str,
+    protocol: str | None,
+    scales: str | None,
+    flip: bool | None,
+    crop: int | None,
+    base_size: int | None,
+    limit: int | None,
+    save_pred: str | None,
+    device: str,
+    batch_size: int,
+    amp: bool | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Evaluate converted WEIGHTS on a dataset with a published protocol."""
+    from segconvert.eval.datasets import get_dataset
+    from segconvert.eval.runner import evaluate, load_weights, resolve_device
+
+    dataset = dataset.lower()
+    ds = get_dataset(dataset, root, split)
+    try:
+        dev = resolve_device(device)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    model = load_weights(weights, dev)
+    meta = getattr(model, "segconvert_meta", {}) or {}
+    name = protocol or _default_protocol(meta, dataset)
+    overrides: dict[str, Any] = {}
+    if name in ("pspnet", "semseg", "deeplab-msc", "mmseg-slide"):
+        overrides["crop"] = crop or (_crop_from_meta(meta) if name != "mmseg-slide" else None)
+    if base_size and name in ("pspnet", "semseg"):
+        overrides["base_size"] = base_size
+    proto = _make_protocol(name, dataset, scales, flip, **overrides)
+    result = evaluate(
+        model,
+        ds,
+        proto,
+        device=dev,
+        batch_size=batch_size,
+        amp=amp,
+        limit=limit,
+        save_pred=save_pred,
+        progress=not quiet,
+    )
+    result.info["weights"] = str(weights)
+    _emit(result, as_json)
+
+
+# ------------------------------------------------------------------------------------------------- score
+
+
+@click.command("score")
+@click.option("--dataset", type=DATASET_CHOICE, required=True)
+@click.option("--root", type=click.Path(), required=True, help="Dataset root folder (ground truth).")
+@click.option("--pred", "pred_dir", type=click.Path(), required=True, help="Folder of prediction label PNGs.")
+@click.option("--split", default="val", show_default=True)
+@click.option(
+    "--pred-ids",
+    type=click.Choice(["labelIds", "trainIds", "one-based", "zero-based", "index"], case_sensitive=False),
+    default=None,
+    help="Cityscapes: labelIds (official, default) or trainIds. ADE20K: one-based (SceneParsing, default) or "
+    "zero-based. VOC: index.",
+)
+@click.option("--limit", type=int, default=None)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--quiet", is_flag=True)
+def score(
+    dataset: str,
+    root: str,
+    pred_dir: str,
+    split: str,
+    pred_ids: str | None,
+    limit: int | None,
+    device: str,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Score existing prediction PNGs (from any tool) with the same metrics and tables."""
+    from segconvert.eval.datasets import get_dataset
+    from segconvert.eval.runner import score_folder
+
+    dataset = dataset.lower()
+    allowed = {"cityscapes": ("labelids", "trainids"), "ade20k": ("one-based", "zero-based"), "voc": ("index",)}
+    if pred_ids is not None and pred_ids.lower() not in allowed[dataset]:
+        raise click.UsageError(f"--pred-ids {pred_ids} does not apply to {dataset} (use {'/'.join(allowed[dataset])})")
+    if dataset == "cityscapes":
+        # an explicit --pred-ids labelIds scores as labelIds even if the values look like trainIds (warning)
+        mode = {None: "labelIds", "labelids": "labelIds-forced", "trainids": "trainIds"}[pred_ids and pred_ids.lower()]
+    elif dataset == "ade20k":
+        mode = (pred_ids or "one-based").lower()
+    else:
+        mode = "index"
+    ds = get_dataset(dataset, root, split)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = score_folder(ds, pred_dir, pred_ids=mode, device=device, limit=limit, progress=not quiet)
+    seen = set()
+    for w in caught:
+        msg = str(w.message)
+        if msg not in seen:
+            seen.add(msg)
+            click.echo(f"warning: {msg}", err=True)
+    if seen:
+        result.info["warnings"] = sorted(seen)
+    _emit(result, as_json)
+
+
+# --------------------------------------------------------------------------------------------------- zoo
+
+
+@click.command("zoo")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest (or one entry) as JSON.")
+def zoo(name: str | None, as_json: bool) -> None:
+    """List the released checkpoints and their published scores."""
+    from segconvert.weights import zoo as zoo_mod
+
+    if name:
+        entry = zoo_mod.get_entry(name)
+        click.echo(json.dumps(entry, indent=2))
+        return
+    if as_json:
+        click.echo(json.dumps(zoo_mod.entries(), indent=2))
+    else:
+        click.echo(zoo_mod.zoo_table())
+
+
+# --------------------------------------------------------------------------------------------- reproduce
+
+
+def _ours(result: Any, metric: str) -> float | None:
+    value = {"mIoU": result.mIoU, "mAcc": result.mAcc, "aAcc": result.aAcc, "iIoU": result.iIoU}.get(metric)
+    return None if value is None or math.isnan(value) else 100.0 * value
+
+
+@click.command("reproduce")
+@click.argument("name")
+@click.option("--root", type=click.Path(), required=True, help="Dataset root folder.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), required=True, help="Converted weights.")
+@click.option("--setting", type=click.Choice(["ss", "ms"]), default="ss", show_default=True)
+@click.option("--split", default="val", show_default=True)
+@click.option("--limit", type=int, default=None, help="First N images only (then not comparable).")
+@click.option("--save-pred", type=click.Path(file_okay=False), default=None)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--amp/--no-amp", default=None)
+@click.option("--allow-noncomparable", is_flag=True, help="Run even without a comparable published score.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--quiet", is_flag=True)
+def reproduce(
+    name: str,
+    root: str,
+    weights: str,
+    setting: str,
+    split: str,
+    limit: int | None,
+    save_pred: str | None,
+    device: str,
+    batch_size: int,
+    amp: bool | None,
+    allow_noncomparable: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Run zoo entry NAME's own protocol and print ours vs published with the difference."""
+    from segconvert.eval.datasets import get_dataset
+    from segconvert.eval.protocols import MS_SCALES
+    from segconvert.eval.runner import evaluate, load_weights, resolve_device
+    from segconvert.weights import zoo as zoo_mod
+
+    entry = zoo_mod.get_entry(name)
+    if not entry.get("protocol") or not entry.get("dataset"):
+        raise zoo_mod.ZooError(f"'{name}' is not a segmentation checkpoint: nothing to reproduce")
+    pconf = dict(entry["protocol"])
+    pname = pconf.pop("name")
+    scales = "1" if setting == "ss" else ",".join(str(s) for s in MS_SCALES)
+    if pname == "deeplab-msc" and setting == "ms":
+        raise click.UsageError("deeplab-msc has no multi-scale setting (MSC is inside the net)")
+    proto = _make_protocol(pname, entry["dataset"], scales, None, **pconf)
+    flip = bool(getattr(proto, "flip", False))
+    same, other = zoo_mod.split_scores(entry, protocol=pname, setting=setting, flip=flip, split=split)
+    if not same and not allow_noncomparable:
+        lines = [f"{s['metric']} {s['value']} ({s['split']}, {s['setting']}): {why}" for s, why in other]
+        raise zoo_mod.ZooError(
+            f"no published {split} score of '{name}' matches this run ({pname}, {setting}); "
+            + ("; ".join(lines) if lines else "none published")
+            + " (pass --allow-noncomparable to run anyway)"
+        )
+    ds = get_dataset(entry["dataset"], root, split)
+    try:
+        dev = resolve_device(device)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    model = load_weights(weights, dev)
+    meta = getattr(model, "segconvert_meta", {}) or {}
+    notes = []
+    if meta.get("arch") and meta["arch"] != entry["arch"]:
+        notes.append(f"weights are arch '{meta['arch']}', the zoo entry is '{entry['arch']}'")
+    prep = meta.get("preprocessing") or {}
+    if prep and (
+        prep.get("channel_order") != entry["preprocessing"]["channel_order"]
+        or [round(float(v), 3) for v in prep.get("mean", [])]
+        != [round(float(v), 3) for v in entry["preprocessing"]["mean"]]
+    ):
+        notes.append(f"weights preprocessing {prep} differs from the release's {entry['preprocessing']}")
+    if limit is not None and limit < len(ds):
+        notes.append(f"only {limit} of {len(ds)} images: the comparison is indicative only")
+    result = evaluate(
+        model,
+        ds,
+        proto,
+        device=dev,
+        batch_size=batch_size,
+        amp=amp,
+        limit=limit,
+        save_pred=save_pred,
+        progress=not quiet,
+    )
+    rows = []
+    for s in same:
+        ours = _ours(result, s["metric"])
+        rows.append(
+            {
+                "metric": s["metric"],
+                "published": s["value"],
+                "ours": ours,
+                "diff": None if ours is None else ours - s["value"],
+                "source": s["source"],
+                "note": s.get("note"),
+            }
+        )
+    if as_json:
+        _emit(
+            result,
+            True,
+            {
+                "zoo_entry": name,
+                "setting": setting,
+                "comparison": rows,
+                "notes": notes,
+                "not_comparable": [{"metric": s["metric"], "value": s["value"], "why": why} for s, why in other],
+            },
+        )
+        return
+    _emit(result, False)
+    click.echo("")
+    click.echo(f"{name}: ours vs published ({split}, {setting}{'+flip' if flip else ''}, protocol {pname})")
+    click.echo(f"{'metric':<7} {'published':>9} {'ours':>8} {'diff':>7}  source")
+    for r in rows:
+        ours = "n/a" if r["ours"] is None else f"{r['ours']:.2f}"
+        diff = "n/a" if r["diff"] is None else f"{r['diff']:+.2f}"
+        click.echo(f"{r['metric']:<7} {r['published']:>9.2f} {ours:>8} {diff:>7}  {r['source']}")
+    for s, why in other:
+        click.echo(f"  (not compared: {s['metric']} {s['value']:.2f} {s['split']} {s['setting']} - {why})")
+    for n in notes:
+        click.echo(f"note: {n}", err=True)
+
+
+__all__ = ["eval_cmd", "score", "zoo", "reproduce", "DatasetError", "Path"]
