@@ -108,7 +108,8 @@ def main() -> None:
     print(f"file: {size / mb:.1f} MiB, {int(a['blobs'])} blobs, median of {args.repeat} fresh processes each")
     print(f"{'':28s}{'segconvert':>14s}{'protobuf':>14s}{'ratio':>10s}")
     print(
-        f"{'(i) all blobs as arrays':28s}{a['arrays_s']:>13.4f}s{b['arrays_s']:>13.4f}s{b['arrays_s'] / a['arrays_s']:>9.1f}x"
+        f"{'(i) all blobs as arrays':28s}{a['arrays_s']:>13.4f}s{b['arrays_s']:>13.4f}s"
+        f"{b['arrays_s'] / a['arrays_s']:>9.1f}x"
     )
     print(
         f"{'(ii) full pass (f64 sums)':28s}{a['pass_s']:>13.4f}s{b['pass_s']:>13.4f}s{b['pass_s'] / a['pass_s']:>9.2f}x"

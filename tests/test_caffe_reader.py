@@ -19,7 +19,8 @@ from tests import caffe_bytes as cb
 
 def _caffe_cases() -> list[Path]:
     root = fixture_path("caffe")
-    cases = sorted(p.parent for p in root.glob("*/net.prototxt")) + sorted(p.parent for p in root.glob("layers/*/net.prototxt"))
+    cases = sorted(p.parent for p in root.glob("*/net.prototxt"))
+    cases += sorted(p.parent for p in root.glob("layers/*/net.prototxt"))
     assert len(cases) >= 82, f"expected the 6 network cases and 76 layer cases under {root}"
     return cases
 

@@ -27,8 +27,18 @@ REDUCED = dict(widths=[8, 16, 32, 64], out_widths=[32, 64, 128, 256])
 EXPECTED = {  # fixture README / SPEC 3-4: widths /8 except the classifier
     "deeplab_v2_resnet101_msc": (
         "deeplabv2_resnet101",
-        dict(depth=101, msc=True, num_classes=21, input_size=[129, 129], stem_widths=[8], stride_in="1x1",
-             aspp_rates=[6, 12, 18, 24], dilations=[1, 1, 2, 4], strides=[1, 2, 1, 1], **REDUCED),
+        dict(
+            depth=101,
+            msc=True,
+            num_classes=21,
+            input_size=[129, 129],
+            stem_widths=[8],
+            stride_in="1x1",
+            aspp_rates=[6, 12, 18, 24],
+            dilations=[1, 1, 2, 4],
+            strides=[1, 2, 1, 1],
+            **REDUCED,
+        ),
     ),
     "deeplab_v2_resnet101_single": (
         "deeplabv2_resnet101",
@@ -36,13 +46,32 @@ EXPECTED = {  # fixture README / SPEC 3-4: widths /8 except the classifier
     ),
     "pspnet50_ade20k_473": (
         "pspnet50",
-        dict(depth=50, num_classes=150, input_size=[473, 473], stride_in="1x1", stem_widths=[8, 8, 16],
-             ppm_bins=[6, 3, 2, 1], ppm_width=64, head_width=64, dropout=0.1, dilations=[1, 1, 2, 4], **REDUCED),
+        dict(
+            depth=50,
+            num_classes=150,
+            input_size=[473, 473],
+            stride_in="1x1",
+            stem_widths=[8, 8, 16],
+            ppm_bins=[6, 3, 2, 1],
+            ppm_width=64,
+            head_width=64,
+            dropout=0.1,
+            dilations=[1, 1, 2, 4],
+            **REDUCED,
+        ),
     ),
     "pspnet101_cityscapes_713": (
         "pspnet101",
-        dict(depth=101, num_classes=19, input_size=[713, 713], stride_in="3x3", stem_widths=[8, 8, 16],
-             ppm_width=64, head_width=64, **REDUCED),
+        dict(
+            depth=101,
+            num_classes=19,
+            input_size=[713, 713],
+            stride_in="3x3",
+            stem_widths=[8, 8, 16],
+            ppm_width=64,
+            head_width=64,
+            **REDUCED,
+        ),
     ),
     "pspnet101_voc2012_473": (
         "pspnet101",
@@ -50,10 +79,21 @@ EXPECTED = {  # fixture README / SPEC 3-4: widths /8 except the classifier
     ),
 }
 FULL = {  # the unmodified released prototxts (SPEC 3.1, 4.1)
-    "deeplab_v2_resnet101_msc": ("deeplabv2_resnet101", dict(depth=101, msc=True, num_classes=21,
-                                                              input_size=[513, 513], stem_widths=[64])),
-    "pspnet50_ade20k_473": ("pspnet50", dict(num_classes=150, input_size=[473, 473], stride_in="1x1",
-                                             ppm_width=512, head_width=512, stem_widths=[64, 64, 128])),
+    "deeplab_v2_resnet101_msc": (
+        "deeplabv2_resnet101",
+        dict(depth=101, msc=True, num_classes=21, input_size=[513, 513], stem_widths=[64]),
+    ),
+    "pspnet50_ade20k_473": (
+        "pspnet50",
+        dict(
+            num_classes=150,
+            input_size=[473, 473],
+            stride_in="1x1",
+            ppm_width=512,
+            head_width=512,
+            stem_widths=[64, 64, 128],
+        ),
+    ),
     "pspnet101_cityscapes_713": ("pspnet101", dict(num_classes=19, input_size=[713, 713], stride_in="3x3")),
     "pspnet101_voc2012_473": ("pspnet101", dict(num_classes=21, input_size=[473, 473], stride_in="3x3")),
 }
@@ -93,7 +133,7 @@ def test_layer_by_layer_parity(case):
     meta = json.loads((root / "meta.json").read_text())
     entries = {e["key"]: e for e in meta["outputs"]}
     ref = np.load(root / "outputs.npz")
-    # every blob of the Caffe net (the input comes from the implicit layer) has a tap, pointing at its last in-place writer
+    # every Caffe blob (the input comes from the implicit layer) has a tap at its last in-place writer
     last_writer = {}
     for layer in meta["layers"]:
         if layer["implicit"]:

@@ -270,11 +270,14 @@ def test_interp_matches_reference_formula(hin, hout):
     x = torch.randn(1, 3, hin, hin + 2, generator=g)
     y = Interp(height=hout, width=hout + 1)(x)
     np.testing.assert_allclose(y.numpy(), _numpy_interp(x.numpy(), hout, hout + 1), atol=1e-6)
-    assert not np.allclose(
-        F.interpolate(x, size=(hout, hout + 1), mode="bilinear", align_corners=False).numpy(),
-        y.numpy(),
-        atol=1e-3,
-    ) or hin == 1  # align_corners=False is a different resize
+    assert (
+        not np.allclose(
+            F.interpolate(x, size=(hout, hout + 1), mode="bilinear", align_corners=False).numpy(),
+            y.numpy(),
+            atol=1e-3,
+        )
+        or hin == 1
+    )  # align_corners=False is a different resize
 
 
 def test_interp_size_rules():

@@ -20,6 +20,7 @@ def convert_caffe_files(
     fmt: str | None = None,
     parity_case: Path | None = None,
     progress: bool = False,
+    build_model: bool = False,
 ) -> dict[str, Any]:
     """The whole caffe2torch job; returns a report dict (also used by ``segconvert demo``)."""
     from segconvert.converters import convert_caffe_net
@@ -32,15 +33,7 @@ def convert_caffe_files(
     net = load_net(prototxt, caffemodel)
     timings["read"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    conv = convert_caffe_net(net, arch=arch)
-    model = create_model(conv.arch, **conv.config)
-    missing, unexpected = model.load_state_dict(conv.state_dict, strict=False)
-    if missing or unexpected:
-        raise ConversionError(
-            f"converted tensors do not fit {conv.arch}: "
-            f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}",
-            file=caffemodel,
-        )
+    conv = convert_caffe_net(net, arch=arch)  # checks every blob used once, every target filled once
     timings["map"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     sources = [source_entry(p) for p in _progress_files([prototxt, caffemodel], progress)]
@@ -59,7 +52,17 @@ def convert_caffe_files(
             "tensors": len(conv.state_dict),
         },
     }
-    report: dict[str, Any] = {"meta": meta, "net": net, "conversion": conv, "model": model}
+    report: dict[str, Any] = {"meta": meta, "net": net, "conversion": conv}
+    if parity_case is not None or build_model:
+        model = create_model(conv.arch, **conv.config)
+        missing, unexpected = model.load_state_dict(conv.state_dict, strict=False)
+        if missing or unexpected:
+            raise ConversionError(
+                f"converted tensors do not fit {conv.arch}: "
+                f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}",
+                file=caffemodel,
+            )
+        report["model"] = model
     if parity_case is not None:
         from segconvert.parity.caffe import caffe_parity, load_dump
 

@@ -47,7 +47,7 @@ def demo(out_dir: Path | None, depth: str, width_divisor: int) -> None:
             f"{last.name} -> {'x'.join(map(str, last.output_shapes[0]))}"
         )
         click.echo("3. caffe2torch:")
-        report = convert_caffe_files(proto, model_path, work / f"pspnet{d}_473.safetensors")
+        report = convert_caffe_files(proto, model_path, work / f"pspnet{d}_473.safetensors", build_model=True)
         print_report(report)
         model = report["model"].eval()
         x = torch.from_numpy(np.random.default_rng(0).normal(0, 50, (1, 3, 473, 473)).astype("f4"))

@@ -15,6 +15,7 @@ chain, e.g. ``conv1`` after ``bn_conv1``/``scale_conv1``/``conv1_relu``) equals 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -30,6 +31,7 @@ from segconvert.reference_models.ops import (
     FrozenBatchNorm2d,
     Interp,
     caffe_bn_scale_to_params,
+    interp_size,
     psp_bn_to_params,
 )
 from segconvert.reference_models.registry import create_model
@@ -61,6 +63,16 @@ SKIPPED_TYPES = {
 }
 _NORM_TYPES = ("BatchNorm", "Scale", "BN")
 _WEIGHTED = ("Convolution", "BatchNorm", "Scale", "BN")
+
+
+def _as_tensor(arr: np.ndarray) -> torch.Tensor:
+    """A tensor sharing the (read-only, memory-mapped) blob's memory: no copy of the weights.
+
+    Consumers only read it (``load_state_dict`` copies into the parameters, the writer streams it)."""
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "the given NumPy array is not writable"
+        return torch.from_numpy(arr)
 
 
 class Tap(NamedTuple):
@@ -150,7 +162,7 @@ class _Mapper:
                 )
             arr = arr.reshape(self.targets[key])
         self.filled_from[key] = source
-        self.state[key] = torch.from_numpy(np.array(arr, dtype=np.float32, copy=True))
+        self.state[key] = _as_tensor(arr)
 
     def blobs(self, layer: Layer, *indices: int) -> list[np.ndarray]:
         if not self.with_weights:
@@ -214,8 +226,11 @@ class _Mapper:
                 pool.pad,
             )
         if not ok:
-            raise self.fail(f"pooling {mode} {pool_geometry(p) if not p.global_pooling else 'global'} "
-                            f"differs from the model's {pool.extra_repr()}", layer.name)
+            raise self.fail(
+                f"pooling {mode} {pool_geometry(p) if not p.global_pooling else 'global'} "
+                f"differs from the model's {pool.extra_repr()}",
+                layer.name,
+            )
         if hasattr(p, "round_mode") and p.HasField("round_mode") and int(p.round_mode) != 0:
             raise self.fail("FLOOR round_mode pooling is not supported (the forks always use ceil)", layer.name)
 
@@ -227,8 +242,6 @@ class _Mapper:
             if args != {k: v for k, v in interp._params().items() if v is not None}:
                 raise self.fail(f"Interp {args} differs from the model's ({interp.extra_repr()})", layer.name)
         if in_hw is not None and out_hw is not None:
-            from segconvert.reference_models.ops import interp_size
-
             if tuple(interp_size(*in_hw, **args)) != tuple(out_hw):
                 raise self.fail(f"Interp {args} on {in_hw} does not give {out_hw}", layer.name)
 
@@ -304,7 +317,10 @@ class _Mapper:
             srcs = {k: f"{src}[{i}]" for i, k in enumerate(("weight", "bias", "running_mean", "running_var"))}
         elif "BatchNorm" in by_type:
             bn = by_type["BatchNorm"]
-            if bn.param.batch_norm_param.HasField("use_global_stats") and not bn.param.batch_norm_param.use_global_stats:
+            if (
+                bn.param.batch_norm_param.HasField("use_global_stats")
+                and not bn.param.batch_norm_param.use_global_stats
+            ):
                 self.notes.append(f"{bn.name}: use_global_stats false (Caffe would use batch statistics)")
             sc = by_type.get("Scale")
             params = None
@@ -370,8 +386,10 @@ class _Mapper:
             else:
                 unsupported.append(f"{layer.name} ({layer.type})")
         if unsupported:
-            problems.append(f"layers not part of the recognised {det.arch}: {', '.join(unsupported[:20])}"
-                            + (" ..." if len(unsupported) > 20 else ""))
+            problems.append(
+                f"layers not part of the recognised {det.arch}: {', '.join(unsupported[:20])}"
+                + (" ..." if len(unsupported) > 20 else "")
+            )
         if self.with_weights:
             copies = {c for c, _ in self.shared}
             unused = []
@@ -384,8 +402,9 @@ class _Mapper:
                 problems.append(f"unused source blobs: {', '.join(unused[:20])}" + (" ..." if len(unused) > 20 else ""))
             missing = [k for k in self.targets if k not in self.filled_from and not k.startswith("aux.")]
             if missing:
-                problems.append(f"target tensors not filled: {', '.join(missing[:20])}"
-                                + (" ..." if len(missing) > 20 else ""))
+                problems.append(
+                    f"target tensors not filled: {', '.join(missing[:20])}" + (" ..." if len(missing) > 20 else "")
+                )
             if any(k.startswith("aux.") for k in self.targets):
                 self.notes.append("aux.* (training-only auxiliary head) has no Caffe counterpart: left initialised")
         if problems:
@@ -426,8 +445,9 @@ def _shared_copies(m: _Mapper, suffixes: tuple[str, ...]) -> dict[str, str]:
             if len(layer.blobs) != len(src.blobs) or any(
                 a.shape != b.shape or not np.array_equal(a, b) for a, b in zip(layer.blobs, src.blobs, strict=True)
             ):
-                raise m.fail(f"weights differ from the shared layer '{owner}' (MSC copies must be identical)",
-                             layer.name)
+                raise m.fail(
+                    f"weights differ from the shared layer '{owner}' (MSC copies must be identical)", layer.name
+                )
         owners[layer.name] = owner
         if layer.blobs or src.blobs:
             m.shared.append((layer.name, owner))
@@ -445,8 +465,9 @@ def _map_deeplab(m: _Mapper, det: DetectedArch) -> None:
     units = det.names["units"]
     for sfx, call in calls:
         owner = sfx == ""
-        m.conv_chain(f"conv1{sfx}", "backbone.stem.conv1", "backbone.stem.bn1", "backbone.stem.relu1",
-                     call=call, owner=owner)
+        m.conv_chain(
+            f"conv1{sfx}", "backbone.stem.conv1", "backbone.stem.bn1", "backbone.stem.relu1", call=call, owner=owner
+        )
         pool = m.visit(f"pool1{sfx}", "Pooling", "backbone.stem.pool", call)
         m.check_pool(pool, m.module("backbone.stem.pool"))
         for s in (2, 3, 4, 5):
@@ -457,8 +478,9 @@ def _map_deeplab(m: _Mapper, det: DetectedArch) -> None:
                 m.conv_chain(f"{base}_branch2b{sfx}", f"{p}.conv2", f"{p}.bn2", f"{p}.relu2", call=call, owner=owner)
                 m.conv_chain(f"{base}_branch2c{sfx}", f"{p}.conv3", f"{p}.bn3", None, call=call, owner=owner)
                 if i == 0:
-                    m.conv_chain(f"{base}_branch1{sfx}", f"{p}.downsample.0", f"{p}.downsample.1", None,
-                                 call=call, owner=owner)
+                    m.conv_chain(
+                        f"{base}_branch1{sfx}", f"{p}.downsample.0", f"{p}.downsample.1", None, call=call, owner=owner
+                    )
                 add = m.visit(f"{base}{sfx}", "Eltwise", p, call)
                 m.check_eltwise(add, "SUM", 2)
                 if "ReLU" not in [m.by_name[n].type for n in m.chain[add.name]]:
@@ -470,8 +492,12 @@ def _map_deeplab(m: _Mapper, det: DetectedArch) -> None:
         if total.bottoms != [m.by_name[f"{aspp}{sfx}_c{i}"].tops[0] for i in range(len(cfg["aspp_rates"]))]:
             raise m.fail("ASPP sum inputs are not the branches in order", total.name)
     if cfg["msc"]:
-        for name, path in (("data_res075", "resize075"), ("data_res05", "resize05"),
-                           (f"{aspp}_res075_interp", "upsample075"), (f"{aspp}_res05_interp", "upsample05")):
+        for name, path in (
+            ("data_res075", "resize075"),
+            ("data_res05", "resize05"),
+            (f"{aspp}_res075_interp", "upsample075"),
+            (f"{aspp}_res05_interp", "upsample05"),
+        ):
             m.check_interp(m.visit(name, "Interp", path), m.module(path))
         fusion = m.visit("fc_fusion", "Eltwise", "fuse")
         m.check_eltwise(fusion, "MAX", 3)

@@ -120,12 +120,13 @@ class ConfusionMatrix:
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} != ground truth shape {tuple(target.shape)}")
         n = self.num_classes
-        t = target.reshape(-1).long()
-        p = pred.reshape(-1).long()
-        valid = (t >= 0) & (t < n)
-        p = torch.where((p >= 0) & (p < n), p, torch.full_like(p, n))
-        idx = t[valid] * (n + 1) + p[valid]
-        self.matrix += torch.bincount(idx, minlength=n * (n + 1)).view(n, n + 1)
+        dtype = torch.int32 if n < 40000 else torch.int64
+        t = target.reshape(-1).to(dtype)
+        p = pred.reshape(-1).to(dtype)
+        p = torch.where((p >= 0) & (p < n), p, n)  # void prediction column
+        idx = torch.where((t >= 0) & (t < n), t * (n + 1) + p, n * (n + 1))  # ignored pixels: one dump bin
+        counts = torch.bincount(idx, minlength=n * (n + 1) + 1)[: n * (n + 1)]
+        self.matrix += counts.view(n, n + 1)
 
     def numpy(self) -> np.ndarray:
         return self.matrix.cpu().numpy()
@@ -230,7 +231,8 @@ class CityscapesScorer:
 
     def update_label_ids(self, pred_label_ids: torch.Tensor | np.ndarray, target: Any) -> None:
         """Add one image whose prediction is in labelIds (as the official evaluator expects)."""
-        pred = as_tensor(pred_label_ids, self.device).long()
+        pred = as_tensor(pred_label_ids, self.device)
+        pred = pred.to(torch.int32) if pred.dtype not in (torch.int32, torch.int64) else pred
         gt = as_tensor(target.label, self.device)
         self.cm.update(pred, gt)
         self.num_images += 1
@@ -244,16 +246,15 @@ class CityscapesScorer:
         ids = inst[mask].long()
         if ids.numel() == 0:
             return
-        p = pred[mask]
-        uniq, inv = torch.unique(ids, return_inverse=True)
-        k = uniq.numel()
-        lab = uniq // 1000
-        size = torch.bincount(inv, minlength=k)
-        tp = torch.bincount(inv[p == lab[inv]], minlength=k)
-        pc = self.cat_lut[torch.where((p >= 0) & (p < 256), p, torch.full_like(p, 255))]
-        ic = self.cat_lut[lab.clamp(0, 255)][inv]
-        cat_tp = torch.bincount(inv[(pc == ic) & (ic >= 0)], minlength=k)
-        rows = torch.stack([uniq, size, tp, cat_tp]).cpu().tolist()
+        p = pred[mask].long().clamp(0, 255)  # ids outside 0..255 fall on 255: no category
+        lab = ids // 1000
+        bins = int(ids.max()) + 1  # instance ids are labelId * 1000 + k: bincount instead of a sort
+        size = torch.bincount(ids, minlength=bins)
+        tp = torch.bincount(ids[p == lab], minlength=bins)
+        ic = self.cat_lut[lab.clamp(0, 255)]
+        cat_tp = torch.bincount(ids[(self.cat_lut[p] == ic) & (ic >= 0)], minlength=bins)
+        present = torch.nonzero(size).flatten()  # ascending instance ids, as the official loop
+        rows = torch.stack([present, size[present], tp[present], cat_tp[present]]).cpu().tolist()
         for inst_id, n, t, ct in zip(*rows, strict=True):
             label = _BY_ID.get(int(inst_id) // 1000)
             if label is None or label.ignore_in_eval or label.name not in self.inst_classes:

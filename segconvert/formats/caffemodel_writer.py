@@ -81,7 +81,7 @@ def random_weights_for(net: Any, seed: int = 0) -> list[tuple[Any, list[np.ndarr
                 else:
                     fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
                     blobs.append(
-                        (rng.standard_normal(shape, dtype=np.float32) * np.float32((2.0 / max(fan_in, 1)) ** 0.5))
+                        rng.standard_normal(shape, dtype=np.float32) * np.float32((2.0 / max(fan_in, 1)) ** 0.5)
                     )
         by_name[layer.name] = blobs
         param = type(layer.param)()

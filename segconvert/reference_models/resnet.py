@@ -239,7 +239,9 @@ class ResNet(nn.Module):
         super().__init__()
         cfg = resnet_config(**kwargs)
         self.config = {**cfg, "num_classes": int(num_classes)}
-        self.stem = Stem(cfg["stem"], cfg["stem_widths"], cfg["padding"], cfg["norm"], cfg["bn_eps"], cfg["in_channels"])
+        self.stem = Stem(
+            cfg["stem"], cfg["stem_widths"], cfg["padding"], cfg["norm"], cfg["bn_eps"], cfg["in_channels"]
+        )
         in_ch = self.stem.out_channels
         blocks = STAGE_BLOCKS[cfg["depth"]]
         last_stride = cfg["stride_in"] == "3x3_last"

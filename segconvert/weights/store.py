@@ -66,15 +66,14 @@ def save_converted(
         raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
     meta = {**meta, "segconvert_version": meta.get("segconvert_version", __version__)}
     text = _canonical(meta)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in sorted(state_dict.items())}
+    tensors = {k: v.detach().to("cpu") for k, v in sorted(state_dict.items())}
 
     def write_weights(tmp: str) -> None:
         if fmt == "safetensors":
-            from safetensors.torch import save_file
-
-            save_file(tensors, tmp, metadata={META_KEY: text})
+            write_safetensors(tmp, tensors, {META_KEY: text})
         else:
-            torch.save({"state_dict": tensors, META_KEY: text}, tmp)
+            with open(tmp, "wb") as fh:  # a file object keeps the archive's record names fixed ("archive/")
+                torch.save({"state_dict": tensors, META_KEY: text}, fh)
 
     _atomic_write(path, write_weights)
     sidecar = {
@@ -87,6 +86,39 @@ def save_converted(
     side_text = json.dumps(sidecar, sort_keys=True, indent=1, allow_nan=False) + "\n"
     _atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(side_text))
     return path
+
+
+_ST_DTYPES = {
+    torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
+
+
+def write_safetensors(
+    path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]
+) -> None:
+    """Stream tensors into the safetensors format (8-byte header length, JSON header, raw little-endian data).
+
+    Unlike ``safetensors.torch.save_file`` this never holds a second in-memory copy of the weights: each
+    tensor's bytes go straight from its (possibly memory-mapped) storage to the file.
+    """
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little"))
+        fh.write(raw)
+        for t in tensors.values():
+            if t.numel():
+                data = t.contiguous()
+                fh.write(
+                    memoryview(data.view(torch.uint8).numpy() if data.dtype == torch.bool else data.numpy()).cast("B")
+                )
 
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
