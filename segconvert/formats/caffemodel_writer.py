@@ -63,12 +63,17 @@ def random_weights_for(net: Any, seed: int = 0) -> list[tuple[Any, list[np.ndarr
     rng = np.random.default_rng(seed)
     out = []
     by_name: dict[str, list[np.ndarray]] = {}
+    owners: dict[str, str] = {}  # param name -> first layer declaring it (Caffe's sharing rule)
     for layer in net.layers:
         shapes = layer.expected_blob_shapes or []
         if not shapes:
             continue
-        if layer.shared_from and layer.shared_from in by_name:
-            blobs = by_name[layer.shared_from]
+        named = [n for n in layer.param_names if n]
+        owner = owners.get(named[0]) if named and all(n in owners for n in named) else layer.shared_from
+        for n in named:
+            owners.setdefault(n, layer.name)
+        if owner and owner in by_name and owner != layer.name:
+            blobs = by_name[owner]
         else:
             blobs = []
             for i, shape in enumerate(shapes):
