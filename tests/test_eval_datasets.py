@@ -219,6 +219,12 @@ def test_eval_cli_on_real_voc_sample_with_known_map(tmp_path, capsys, monkeypatc
     )
     assert code == 0, err2
     assert json.loads(out2)["metrics"] == res["metrics"]
+    # a colourised (RGB) prediction is refused, never decoded as colours
+    Image.open(out_dir / "color" / "2011_003078.png").convert("RGB").save(out_dir / "labels" / "2011_003078.png")
+    code, _, err3 = run_cli(
+        ["score", "--dataset", "voc", "--root", str(root), "--pred", str(out_dir / "labels")], capsys
+    )
+    assert code == 2 and "RGB colour image" in err3
 
 
 def test_eval_cli_table_and_progress(tmp_path, capsys, monkeypatch):
@@ -234,6 +240,15 @@ def test_eval_cli_table_and_progress(tmp_path, capsys, monkeypatch):
     assert "classes          IoU       Acc" in out and "Score Average : 1.000" in out
     assert "mIoU 100.00" in out and "protocol whole ss" in out
     assert "img/s" in err and "1/1" in err  # tqdm progress bar on stderr
+
+
+def test_eval_cli_class_count_mismatch(tmp_path, capsys, monkeypatch):
+    root, _, label = voc_sample_root(tmp_path)
+    monkeypatch.setattr("segconvert.eval.runner.load_weights", lambda p, d: KnownMapModel(label, 19))
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"x")
+    code, _, err = run_cli(["eval", str(weights), "--dataset", "voc", "--root", str(root), "--quiet"], capsys)
+    assert code == 2 and "model predicts 19 classes but voc has 21" in err
 
 
 def test_eval_cli_wrong_root_is_one_line(tmp_path, capsys):

@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from pathlib import Path
 from typing import Any
 
 import click
-
-from segconvert.errors import DatasetError
 
 DATASET_CHOICE = click.Choice(["voc", "cityscapes", "ade20k"], case_sensitive=False)
 
@@ -21,16 +18,15 @@ def _protocol_choice() -> click.Choice:
     return click.Choice(list(PROTOCOLS), case_sensitive=False)
 
 
-def _default_protocol(meta: dict[str, Any], dataset: str) -> str:
-    from segconvert.eval.protocols import DEFAULT_PROTOCOL
-
+def _default_protocol(meta: dict[str, Any]) -> str:
+    """The source's own protocol for the known families; ``whole`` (no assumption) otherwise."""
     arch = str(meta.get("arch", ""))
     if arch.startswith("deeplab"):
         return "deeplab-msc"
     if arch.startswith("pspnet"):
         fmt = str((meta.get("source") or {}).get("format", ""))
         return "semseg" if fmt in ("pytorch", "pth", "semseg") else "pspnet"
-    return DEFAULT_PROTOCOL.get(dataset, "whole")
+    return "whole"
 
 
 def _crop_from_meta(meta: dict[str, Any]) -> int | None:
@@ -82,7 +78,7 @@ def _make_protocol(name: str, dataset: str, scales: str | None, flip: bool | Non
 @click.option("--limit", type=int, default=None, help="Evaluate the first N images only.")
 @click.option("--save-pred", type=click.Path(file_okay=False), default=None, help="Write labels/, color/, overlay/.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
-@click.option("--batch-size", type=int, default=4, show_default=True, help="Crops per forward.")
+@click.option("--batch-size", type=int, default=None, help="Crops per forward (default: 8 on CUDA, 1 on CPU).")
 @click.option("--amp/--no-amp", default=None, help="float16 autocast (default: on with CUDA).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -99,7 +95,7 @@ def eval_cmd(
     limit: int | None,
     save_pred: str | None,
     device: str,
-    batch_size: int,
+    batch_size: int | None,
     amp: bool | None,
     as_json: bool,
     quiet: bool,
@@ -116,7 +112,7 @@ def eval_cmd(
         raise click.UsageError(str(exc)) from exc
     model = load_weights(weights, dev)
     meta = getattr(model, "segconvert_meta", {}) or {}
-    name = protocol or _default_protocol(meta, dataset)
+    name = protocol or _default_protocol(meta)
     overrides: dict[str, Any] = {}
     if name in ("pspnet", "semseg", "deeplab-msc", "mmseg-slide"):
         overrides["crop"] = crop or (_crop_from_meta(meta) if name != "mmseg-slide" else None)
@@ -184,9 +180,17 @@ def score(
     else:
         mode = "index"
     ds = get_dataset(dataset, root, split)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = score_folder(ds, pred_dir, pred_ids=mode, device=device, limit=limit, progress=not quiet)
+    import torch
+
+    threads = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(1)  # bincount/compare are memory-bound: one thread is as fast and never contended
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = score_folder(ds, pred_dir, pred_ids=mode, device=device, limit=limit, progress=not quiet)
+    finally:
+        torch.set_num_threads(threads)
     seen = set()
     for w in caught:
         msg = str(w.message)
@@ -235,7 +239,7 @@ def _ours(result: Any, metric: str) -> float | None:
 @click.option("--limit", type=int, default=None, help="First N images only (then not comparable).")
 @click.option("--save-pred", type=click.Path(file_okay=False), default=None)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--batch-size", type=int, default=None, help="Crops per forward (default: 8 on CUDA, 1 on CPU).")
 @click.option("--amp/--no-amp", default=None)
 @click.option("--allow-noncomparable", is_flag=True, help="Run even without a comparable published score.")
 @click.option("--json", "as_json", is_flag=True)
@@ -249,7 +253,7 @@ def reproduce(
     limit: int | None,
     save_pred: str | None,
     device: str,
-    batch_size: int,
+    batch_size: int | None,
     amp: bool | None,
     allow_noncomparable: bool,
     as_json: bool,
@@ -349,4 +353,4 @@ def reproduce(
         click.echo(f"note: {n}", err=True)
 
 
-__all__ = ["eval_cmd", "score", "zoo", "reproduce", "DatasetError", "Path"]
+__all__ = ["eval_cmd", "score", "zoo", "reproduce"]

@@ -121,11 +121,12 @@ class ConfusionMatrix:
             raise ValueError(f"prediction shape {tuple(pred.shape)} != ground truth shape {tuple(target.shape)}")
         n = self.num_classes
         dtype = torch.int32 if n < 40000 else torch.int64
-        t = target.reshape(-1).to(dtype)
-        p = pred.reshape(-1).to(dtype)
-        p = torch.where((p >= 0) & (p < n), p, n)  # void prediction column
-        idx = torch.where((t >= 0) & (t < n), t * (n + 1) + p, n * (n + 1))  # ignored pixels: one dump bin
-        counts = torch.bincount(idx, minlength=n * (n + 1) + 1)[: n * (n + 1)]
+        t, p = target.reshape(-1), pred.reshape(-1)
+        # clamp: predictions >= n -> void column n; ground truth >= n -> row n, dropped below. Negative values
+        # are possible only in signed inputs, which take the slower masked path.
+        t = t.to(dtype).clamp_(max=n) if t.dtype == torch.uint8 else torch.where((t >= 0) & (t < n), t, n).to(dtype)
+        p = p.to(dtype).clamp_(max=n) if p.dtype == torch.uint8 else torch.where((p >= 0) & (p < n), p, n).to(dtype)
+        counts = torch.bincount(t.mul_(n + 1).add_(p), minlength=(n + 1) * (n + 1))[: n * (n + 1)]
         self.matrix += counts.view(n, n + 1)
 
     def numpy(self) -> np.ndarray:
@@ -210,7 +211,9 @@ class CityscapesScorer:
     def __init__(self, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
         self.cm = ConfusionMatrix(CITYSCAPES_NUM_LABEL_IDS, self.device)
-        self.train_to_label = torch.tensor(cityscapes_train_to_label_lut(), dtype=torch.int64, device=self.device)
+        lut = cityscapes_train_to_label_lut()
+        lut[255] = 255  # a void trainId prediction stays void (a false negative), not 'unlabeled'
+        self.train_to_label = torch.tensor(lut, dtype=torch.uint8, device=self.device)
         cat_lut = torch.full((256,), -1, dtype=torch.int64)
         for ci, ids in enumerate(_INSTANCE_CATEGORIES.values()):
             cat_lut[ids] = ci
@@ -223,16 +226,14 @@ class CityscapesScorer:
 
     def update(self, pred: torch.Tensor | np.ndarray, target: Any) -> None:
         """Add one image whose prediction is in trainIds (0..18; anything else is a void prediction)."""
-        p = as_tensor(pred, self.device).long()
-        p = torch.where((p >= 0) & (p < 256), p, torch.full_like(p, 255))
-        lid = self.train_to_label[p]
-        lid = torch.where(p == 255, torch.full_like(lid, 255), lid)  # a void trainId prediction stays void
-        self.update_label_ids(lid, target)
+        p = as_tensor(pred, self.device)
+        if p.dtype != torch.uint8:
+            p = torch.where((p >= 0) & (p < 256), p, 255)
+        self.update_label_ids(self.train_to_label[p.long()], target)
 
     def update_label_ids(self, pred_label_ids: torch.Tensor | np.ndarray, target: Any) -> None:
         """Add one image whose prediction is in labelIds (as the official evaluator expects)."""
         pred = as_tensor(pred_label_ids, self.device)
-        pred = pred.to(torch.int32) if pred.dtype not in (torch.int32, torch.int64) else pred
         gt = as_tensor(target.label, self.device)
         self.cm.update(pred, gt)
         self.num_images += 1

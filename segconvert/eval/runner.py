@@ -86,7 +86,7 @@ def evaluate(
     protocol: Protocol,
     *,
     device: str | torch.device = "auto",
-    batch_size: int = 4,
+    batch_size: int | None = None,
     amp: bool | None = None,
     limit: int | None = None,
     save_pred: str | Path | None = None,
@@ -109,7 +109,6 @@ def evaluate(
     timer = _Timer(dev)
     start = time.perf_counter()
     bar = _progress(n, f"eval {dataset.name}", progress)
-    num_classes = None
     try:
         for i in range(n):
             t0 = time.perf_counter()
@@ -118,9 +117,16 @@ def evaluate(
             t1 = time.perf_counter()
             scores = protocol.predict(model, image, prep, rt)
             pred = scores.argmax(0)
+            if scores.shape[0] <= 255:
+                pred = pred.to(torch.uint8)  # class ids fit: the metric takes its fast path
             timer.sync()
             t2 = time.perf_counter()
             num_classes = scores.shape[0]
+            if num_classes != dataset.num_classes:
+                raise DatasetError(
+                    f"model predicts {num_classes} classes but {dataset.name} has {dataset.num_classes}",
+                    file=dataset.root,
+                )
             if tuple(pred.shape) != tuple(target.label.shape):
                 raise DatasetError(
                     f"prediction {tuple(pred.shape)} and ground truth {tuple(target.label.shape)} differ in size",
@@ -130,7 +136,7 @@ def evaluate(
             timer.sync()
             t3 = time.perf_counter()
             if out_dir is not None or on_image is not None:
-                pred_np = pred.to(torch.uint8).cpu().numpy()
+                pred_np = pred.cpu().numpy().astype(np.uint8)
                 if out_dir is not None:
                     save_prediction(dataset, i, pred_np, image, out_dir)
                 if on_image is not None:
@@ -142,10 +148,6 @@ def evaluate(
     finally:
         bar.close()
     elapsed = time.perf_counter() - start
-    if num_classes is not None and num_classes != dataset.num_classes:
-        raise DatasetError(
-            f"model predicts {num_classes} classes but {dataset.name} has {dataset.num_classes}", file=dataset.root
-        )
     result = scorer.result()
     result.info.update(
         split=dataset.split,
