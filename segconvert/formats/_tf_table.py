@@ -15,9 +15,10 @@ No length field is trusted for an allocation: sizes are checked against the byte
 from __future__ import annotations
 
 import functools
-import struct
+import os
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +44,7 @@ class Corrupt(Exception):
 
 _POLY = 0x82F63B78
 _MASK_DELTA = 0xA282EAD8
-_SMALL = 2048  # below this a plain Python loop is faster than the numpy machinery
+_SMALL = 256  # below this a plain Python loop is faster than the numpy machinery
 _BLOCK = 1 << 19  # bytes per numpy work block (bounds temporary memory to a few MB)
 _CHUNK = 16  # bytes per level-A chunk (8 positions of 16-bit units)
 _FOLD = 64  # chunk CRCs folded per level-B step
@@ -167,6 +168,16 @@ def _raw_block(a: np.ndarray) -> int:
     return int(c[0]) if c.size else 0
 
 
+@functools.lru_cache(maxsize=1)
+def _workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+@functools.lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="segconvert-crc32c")
+
+
 def crc32c(data: bytes | bytearray | memoryview | np.ndarray, crc: int = 0) -> int:
     """CRC32C of ``data``; pass a previous result as ``crc`` to extend it (like ``zlib.crc32``)."""
     a = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
@@ -175,10 +186,14 @@ def crc32c(data: bytes | bytearray | memoryview | np.ndarray, crc: int = 0) -> i
     if n < _SMALL:
         return _raw_py(a.tobytes(), reg) ^ 0xFFFFFFFF
     main = n - n % _CHUNK
+    spans = [(s, min(s + _BLOCK, main)) for s in range(0, main, _BLOCK)]
+    if len(spans) > 1 and _workers() > 1:  # numpy's table lookups release the GIL
+        parts = list(_pool().map(lambda se: _raw_block(a[se[0] : se[1]]), spans))
+    else:
+        parts = [_raw_block(a[s:e]) for s, e in spans]
     raw = 0
-    for s in range(0, main, _BLOCK):
-        e = min(s + _BLOCK, main)
-        raw = _shift_int(raw, e - s) ^ _raw_block(a[s:e])
+    for (s, e), part in zip(spans, parts, strict=True):
+        raw = _shift_int(raw, e - s) ^ part
     raw = _raw_py(a[main:].tobytes(), raw)
     return raw ^ _shift_int(reg, n) ^ 0xFFFFFFFF
 
@@ -560,7 +575,3 @@ def _block_entries(content, base: int | None) -> Iterator[tuple[bytes, int, int]
         pos += non_shared
         yield key, pos, pos + vlen
         pos += vlen
-
-
-def u32(buf, pos: int) -> int:
-    return struct.unpack_from("<I", buf, pos)[0]

@@ -1,0 +1,210 @@
+"""``segconvert slim2torch`` and ``segconvert keras2torch``: TF-Slim checkpoints / Keras HDF5 to PyTorch."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from segconvert.errors import ConversionError
+
+
+def _finish(conv, output: Path, fmt: str | None, files: list[Path], parity_case: Path | None, source: dict) -> dict:
+    """Optional parity run, metadata, atomic write. Returns a report dict."""
+    from segconvert.weights.store import save_converted, source_entry
+
+    timings: dict[str, float] = {}
+    report: dict[str, Any] = {"conversion": conv}
+    meta: dict[str, Any] = {
+        "arch": conv.arch,
+        "config": conv.config,
+        "num_classes": conv.config.get("num_classes"),
+        "input_size": conv.config.get("input_size"),
+        "preprocessing": conv.preprocessing,
+        "source": {**source, "files": [source_entry(p) for p in files]},
+        "conversion": {
+            "tensors": len(conv.state_dict),
+            "source_tensors": len(set(conv.sources.values())),
+            "dropped": [list(d) for d in conv.dropped],
+            "notes": conv.notes,
+        },
+    }
+    if parity_case is not None:
+        import numpy as np
+
+        from segconvert.converters._tf_common import nhwc_parity
+
+        t = time.perf_counter()
+        model = conv.build_model()
+        inp = np.load(parity_case / "input.npy")
+        outputs = dict(np.load(parity_case / "outputs.npz"))
+        parity, _ = nhwc_parity(model, conv.tap_map, inp, outputs, source=str(parity_case))
+        timings["parity"] = time.perf_counter() - t
+        if not parity.rows:
+            raise ConversionError("no output in outputs.npz matches a layer of the model", file=parity_case)
+        meta["parity"] = {
+            "reference": str(parity_case),
+            "ok": parity.ok,
+            "compared_layers": len(parity.rows),
+            "max_rel": parity.max_rel(),
+        }
+        report["parity"] = parity
+    t = time.perf_counter()
+    save_converted(output, conv.state_dict, meta, fmt=fmt)
+    timings["write"] = time.perf_counter() - t
+    report.update(meta=meta, timings=timings, output=output)
+    return report
+
+
+def convert_slim_files(
+    checkpoint: str | Path,
+    output: Path,
+    *,
+    arch: str = "auto",
+    fmt: str | None = None,
+    output_stride: int | None = None,
+    bn_eps: float = 1e-5,
+    scope: str | None = None,
+    classifier: bool = False,
+    parity_case: Path | None = None,
+) -> dict[str, Any]:
+    """The whole slim2torch job; returns a report dict."""
+    from segconvert.converters.slim import convert_slim
+    from segconvert.formats.tf_checkpoint import open_checkpoint
+
+    t0 = time.perf_counter()
+    with open_checkpoint(checkpoint) as ckpt:
+        conv = convert_slim(
+            ckpt, arch=arch, output_stride=output_stride, bn_eps=bn_eps, scope=scope, classifier=classifier
+        )
+        t1 = time.perf_counter()
+        report = _finish(conv, output, fmt, list(ckpt.files), parity_case, {"format": f"tf-{ckpt.format}"})
+    report["timings"].update(read_and_map=t1 - t0, total=time.perf_counter() - t0)
+    return report
+
+
+def convert_keras_files(
+    h5: Path,
+    output: Path,
+    *,
+    arch: str = "auto",
+    fmt: str | None = None,
+    input_size: int = 473,
+    bn_eps: float | None = None,
+    parity_case: Path | None = None,
+) -> dict[str, Any]:
+    """The whole keras2torch job; returns a report dict."""
+    from segconvert.converters.keras import convert_keras_pspnet
+    from segconvert.formats.keras_h5 import open_keras_weights
+
+    t0 = time.perf_counter()
+    kw = open_keras_weights(h5)
+    conv = convert_keras_pspnet(kw, arch=arch, input_size=input_size, bn_eps=bn_eps)
+    t1 = time.perf_counter()
+    source = {"format": kw.format, "keras_version": kw.keras_version}
+    report = _finish(conv, output, fmt, [h5], parity_case, source)
+    report["timings"].update(read_and_map=t1 - t0, total=time.perf_counter() - t0)
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    conv, meta, t = report["conversion"], report["meta"], report["timings"]
+    keys = ("depth", "output_stride", "num_classes", "input_size", "stride_in", "bn_eps")
+    click.echo(f"architecture: {conv.arch}  " + " ".join(f"{k}={conv.config[k]}" for k in keys if k in conv.config))
+    click.echo(
+        f"mapped {meta['conversion']['source_tensors']} source tensors onto {len(conv.state_dict)} tensors "
+        f"({sum(v.numel() for v in conv.state_dict.values()):,} values)"
+    )
+    if conv.dropped:
+        click.echo("dropped (not used by the model): " + ", ".join(f"{n} ({why})" for n, why in conv.dropped))
+    for note in conv.notes:
+        click.echo(f"note: {note}")
+    pre = meta["preprocessing"]
+    click.echo(f"expects: {pre['channel_order']} input, 0-255, minus mean {pre['mean']}, std {pre['std']}")
+    if "parity" in report:
+        click.echo(report["parity"].format(every=10))
+    click.echo(f"wrote {report['output']} (+ .json sidecar) in {t['total']:.2f}s")
+
+
+_FORMAT = click.option("--format", "fmt", type=click.Choice(["safetensors", "pth"]), help="Default: from the suffix.")
+_OUTPUT = click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+_PARITY = click.option(
+    "--parity",
+    "parity_case",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A folder with input.npy (NHWC) and outputs.npz (NHWC, keyed by end-point / layer name) to check against.",
+)
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@_OUTPUT
+@click.option(
+    "--arch",
+    type=click.Choice(["auto", "resnet", "pspnet50", "pspnet101"]),
+    default="auto",
+    show_default=True,
+    help="resnet = backbone only (logits dropped); pspnet = PSPNet-TF-Reproduce head.",
+)
+@_FORMAT
+@click.option("--output-stride", type=click.Choice(["8", "16", "32"]), help="Default: 8 for PSPNet, 32 for resnet.")
+@click.option("--bn-eps", type=float, default=1e-5, show_default=True, help="BatchNorm epsilon of the source graph.")
+@click.option("--scope", help="Variable scope of the network (default: detected, e.g. resnet_v1_50).")
+@click.option("--with-classifier", is_flag=True, help="Keep an ImageNet 'logits' layer as the backbone's fc.")
+@_PARITY
+def slim2torch(
+    checkpoint: Path,
+    output: Path,
+    arch: str,
+    fmt: str | None,
+    output_stride: str | None,
+    bn_eps: float,
+    scope: str | None,
+    with_classifier: bool,
+    parity_case: Path | None,
+) -> None:
+    """Convert a TF-Slim resnet_v1 CHECKPOINT (V2 prefix / .index, or a V1 .ckpt file) to PyTorch weights."""
+    report = convert_slim_files(
+        checkpoint,
+        output,
+        arch=arch,
+        fmt=fmt,
+        output_stride=int(output_stride) if output_stride else None,
+        bn_eps=bn_eps,
+        scope=scope,
+        classifier=with_classifier,
+        parity_case=parity_case,
+    )
+    print_report(report)
+    if "parity" in report and not report["parity"].ok:
+        raise click.exceptions.Exit(1)
+
+
+@click.command()
+@click.argument("h5", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_OUTPUT
+@click.option("--arch", type=click.Choice(["auto", "pspnet50", "pspnet101"]), default="auto", show_default=True)
+@_FORMAT
+@click.option(
+    "--input-size", type=int, default=473, show_default=True, help="Crop the PPM kernels are made for (473 / 713)."
+)
+@click.option("--bn-eps", type=float, help="BatchNorm epsilon (default: the model config's, else 1e-5).")
+@_PARITY
+def keras2torch(
+    h5: Path,
+    output: Path,
+    arch: str,
+    fmt: str | None,
+    input_size: int,
+    bn_eps: float | None,
+    parity_case: Path | None,
+) -> None:
+    """Convert PSPNet-Keras weights (Keras 2 .h5, full-model .h5 or Keras 3 .weights.h5) to PyTorch weights."""
+    report = convert_keras_files(
+        h5, output, arch=arch, fmt=fmt, input_size=input_size, bn_eps=bn_eps, parity_case=parity_case
+    )
+    print_report(report)
+    if "parity" in report and not report["parity"].ok:
+        raise click.exceptions.Exit(1)
