@@ -91,6 +91,8 @@ def interp_size(
             raise ShapeError("Interp zoom_factor must be >= 1")
         return h_eff + (h_eff - 1) * (zoom_factor - 1), w_eff + (w_eff - 1) * (zoom_factor - 1)
     if height is not None and width is not None:
+        if height < 1 or width < 1:
+            raise ShapeError(f"Interp height/width must be >= 1, got {height}x{width}")
         return int(height), int(width)
     if shrink_factor is not None and zoom_factor is not None:
         if shrink_factor < 1 or zoom_factor < 1:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segconvert.graph.shapes import caffe_pool_size, interp_size  # the one implementation of Caffe's size rules
+
 __all__ = [
     "interp_size",
     "Interp",
@@ -50,45 +52,6 @@ def _pair(v: _Pair) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------------------------- Interp
-
-
-def interp_size(
-    h: int,
-    w: int,
-    *,
-    height: int | None = None,
-    width: int | None = None,
-    zoom_factor: int | None = None,
-    shrink_factor: int | None = None,
-    pad_beg: int = 0,
-    pad_end: int = 0,
-) -> tuple[int, int]:
-    """Output size of a Caffe ``Interp`` layer (SPEC 2.1).
-
-    ``None`` means "field absent". Fields are tested by presence in Caffe's order: shrink only, zoom only,
-    height and width, shrink and zoom (shrink first, then zoom).
-    """
-    if pad_beg > 0 or pad_end > 0:
-        raise ValueError(f"Interp supports only pad_beg/pad_end <= 0 (cropping), got {pad_beg}/{pad_end}")
-    h_eff, w_eff = h + pad_beg + pad_end, w + pad_beg + pad_end
-    if h_eff <= 0 or w_eff <= 0:
-        raise ValueError(f"Interp: cropped input {h_eff}x{w_eff} is empty")
-    for name, v in (("zoom_factor", zoom_factor), ("shrink_factor", shrink_factor)):
-        if v is not None and v < 1:
-            raise ValueError(f"Interp: {name} must be >= 1, got {v}")
-    has_shrink, has_zoom = shrink_factor is not None, zoom_factor is not None
-    if has_shrink and not has_zoom:
-        return (h_eff - 1) // shrink_factor + 1, (w_eff - 1) // shrink_factor + 1
-    if has_zoom and not has_shrink:
-        return h_eff + (h_eff - 1) * (zoom_factor - 1), w_eff + (w_eff - 1) * (zoom_factor - 1)
-    if height is not None and width is not None:
-        if height < 1 or width < 1:
-            raise ValueError(f"Interp: height/width must be >= 1, got {height}x{width}")
-        return int(height), int(width)
-    if has_shrink and has_zoom:
-        ho, wo = (h_eff - 1) // shrink_factor + 1, (w_eff - 1) // shrink_factor + 1
-        return ho + (ho - 1) * (zoom_factor - 1), wo + (wo - 1) * (zoom_factor - 1)
-    raise ValueError("Interp: none of shrink_factor, zoom_factor, height+width is set")
 
 
 def _resize_align_corners(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -153,10 +116,7 @@ def caffe_pool_out(size: int, k: int, s: int, p: int = 0) -> int:
         raise ValueError(f"bad pooling parameters k={k} s={s} p={p}")
     if size + 2 * p < k:
         raise ValueError(f"pooling kernel {k} larger than padded input {size}+2*{p}")
-    out = -(-(size + 2 * p - k) // s) + 1
-    if p > 0 and (out - 1) * s >= size + p:
-        out -= 1
-    return out
+    return caffe_pool_size(size, k, s, p, any_pad=p > 0)
 
 
 class CaffePool2d(nn.Module):
