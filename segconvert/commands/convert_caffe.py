@@ -23,21 +23,25 @@ def convert_caffe_files(
     build_model: bool = False,
 ) -> dict[str, Any]:
     """The whole caffe2torch job; returns a report dict (also used by ``segconvert demo``)."""
-    from segconvert.converters import convert_caffe_net
-    from segconvert.graph import load_net
-    from segconvert.reference_models import create_model
-    from segconvert.weights.store import save_converted, source_entry
+    from segconvert.graph import load_net  # torch-free
+    from segconvert.weights.provenance import hash_sources_in_background
 
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    source_hashes = hash_sources_in_background([prototxt, caffemodel])  # a thread: overlaps reading and imports
     net = load_net(prototxt, caffemodel)
-    timings["read"] = time.perf_counter() - t0
+    timings: dict[str, float] = {"read": time.perf_counter() - t0}
+    t1 = time.perf_counter()
+    from segconvert.converters import convert_caffe_net  # torch is imported here
+    from segconvert.reference_models import create_model
+    from segconvert.weights.store import save_converted
+
+    timings["import"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     conv = convert_caffe_net(net, arch=arch)  # checks every blob used once, every target filled once
     timings["map"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    sources = [source_entry(p) for p in _progress_files([prototxt, caffemodel], progress)]
-    timings["hash"] = time.perf_counter() - t2
+    sources = source_hashes()
+    timings["hash_wait"] = time.perf_counter() - t2
     meta: dict[str, Any] = {
         "arch": conv.arch,
         "config": conv.config,
@@ -78,7 +82,7 @@ def convert_caffe_files(
         }
         report["parity"] = parity
     t4 = time.perf_counter()
-    save_converted(output, conv.state_dict, meta, fmt=fmt)
+    save_converted(output, conv.state_dict, meta, fmt=fmt, progress=progress)
     timings["write"] = time.perf_counter() - t4
     timings["total"] = time.perf_counter() - t0
     report["timings"] = timings
@@ -93,14 +97,6 @@ _CAFFE_MEANS = {"deeplab": [104.008, 116.669, 122.675], "pspnet": [103.939, 116.
 def caffe_preprocessing(arch: str) -> dict[str, Any]:
     mean = _CAFFE_MEANS["deeplab" if arch.startswith("deeplab") else "pspnet"]
     return {"channel_order": "BGR", "mean": mean, "std": None, "scale": 1.0}
-
-
-def _progress_files(paths: list[Path], progress: bool) -> list[Path]:
-    if progress and sum(p.stat().st_size for p in paths) > 64 * 1024 * 1024:
-        from tqdm import tqdm
-
-        return list(tqdm(paths, desc="hashing sources", unit="file", leave=False))
-    return paths
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -122,7 +118,8 @@ def print_report(report: dict[str, Any]) -> None:
         click.echo(report["parity"].format(every=20))
     click.echo(
         f"wrote {report['output']} (+ .json sidecar) in {t['total']:.2f}s "
-        f"(read {t['read']:.2f}s, map {t['map']:.2f}s, hash {t['hash']:.2f}s, write {t['write']:.2f}s)"
+        f"(read {t['read']:.2f}s, import torch {t['import']:.2f}s, map {t['map']:.2f}s, "
+        f"waiting for sha256 {t['hash_wait']:.2f}s, write {t['write']:.2f}s)"
     )
 
 

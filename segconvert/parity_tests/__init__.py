@@ -1,1 +1,13 @@
-"""segconvert.parity_tests"""
+"""Pytest suites that check a conversion of *your own* files.
+
+Run them on installed segconvert with the options of :mod:`segconvert.parity_tests.plugin` (loaded
+automatically through the ``pytest11`` entry point)::
+
+    python -m pytest --pyargs segconvert.parity_tests \\
+        --caffe-prototxt deploy.prototxt --caffe-model weights.caffemodel \\
+        [--caffe-dump DUMP_DIR] [--converted out.safetensors] [--arch NAME] [--caffe-layer-cases DIR]
+
+Each test skips, saying which option it needs, when its inputs are not given. ``DUMP_DIR`` holds what a
+real Caffe computed (``input.npy``, ``outputs.npz`` keyed ``"<layer>/<top>"``, optional ``meta.json``):
+see :func:`segconvert.parity.caffe.load_dump` and the README for a pycaffe snippet that writes one.
+"""

@@ -11,7 +11,8 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +20,12 @@ import torch
 
 from segconvert import __version__
 from segconvert.errors import WeightsFileError
+from segconvert.weights.provenance import sha256_file, source_entry
+
+__all__ = ["save_converted", "read_metadata", "load_model", "write_safetensors", "sha256_file", "source_entry"]
 
 META_KEY = "segconvert"
 FORMATS = ("safetensors", "pth")
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def source_entry(path: str | os.PathLike[str]) -> dict[str, Any]:
-    p = Path(path)
-    return {"path": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
 
 
 def _canonical(meta: Mapping[str, Any]) -> str:
@@ -46,6 +37,7 @@ def _atomic_write(path: Path, write: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
         write(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -53,13 +45,24 @@ def _atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_converted(
     path: str | os.PathLike[str],
     state_dict: Mapping[str, torch.Tensor],
     meta: Mapping[str, Any],
     fmt: str | None = None,
+    *,
+    progress: bool = False,
 ) -> Path:
-    """Write weights + metadata atomically, then the ``<path>.json`` sidecar. Returns the weights path."""
+    """Write weights + metadata atomically, then the ``<path>.json`` sidecar. Returns the weights path.
+
+    ``progress``: show a byte progress bar on stderr while writing a large (> 64 MiB) safetensors file.
+    """
     path = Path(path)
     fmt = fmt or ("pth" if path.suffix in (".pth", ".pt") else "safetensors")
     if fmt not in FORMATS:
@@ -68,17 +71,20 @@ def save_converted(
     text = _canonical(meta)
     tensors = {k: v.detach().to("cpu") for k, v in sorted(state_dict.items())}
 
+    digest: dict[str, str] = {}
+
     def write_weights(tmp: str) -> None:
         if fmt == "safetensors":
-            write_safetensors(tmp, tensors, {META_KEY: text})
+            digest["sha256"] = write_safetensors(tmp, tensors, {META_KEY: text}, progress=progress)
         else:
             with open(tmp, "wb") as fh:  # a file object keeps the archive's record names fixed ("archive/")
                 torch.save({"state_dict": tensors, META_KEY: text}, fh)
+            digest["sha256"] = sha256_file(tmp)
 
     _atomic_write(path, write_weights)
     sidecar = {
         **meta,
-        "weights_file": {"path": path.name, "format": fmt, "sha256": sha256_file(path)},
+        "weights_file": {"path": path.name, "format": fmt, "sha256": digest["sha256"]},
         "tensors": {
             k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in tensors.items()
         },
@@ -95,12 +101,17 @@ _ST_DTYPES = {
 
 
 def write_safetensors(
-    path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]
-) -> None:
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: dict[str, str],
+    *,
+    progress: bool = False,
+) -> str:
     """Stream tensors into the safetensors format (8-byte header length, JSON header, raw little-endian data).
 
     Unlike ``safetensors.torch.save_file`` this never holds a second in-memory copy of the weights: each
-    tensor's bytes go straight from its (possibly memory-mapped) storage to the file.
+    tensor's bytes go straight from its (possibly memory-mapped) storage to the file, and a second thread
+    hashes the same buffers while the next one is written. Returns the file's sha256 (hex).
     """
     header: dict[str, Any] = {"__metadata__": metadata}
     offset = 0
@@ -110,15 +121,43 @@ def write_safetensors(
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as fh:
-        fh.write(len(raw).to_bytes(8, "little"))
-        fh.write(raw)
+    digest = hashlib.sha256()
+    tick = _byte_progress(offset, Path(path).name) if progress and offset > 64 * 2**20 else None
+    with open(path, "wb") as fh, ThreadPoolExecutor(max_workers=1, thread_name_prefix="segconvert-sha256") as hasher:
+        pending = []  # one worker: updates run in submission order
+
+        def emit(buf: memoryview | bytes) -> None:
+            fh.write(buf)
+            pending.append(hasher.submit(digest.update, buf))
+            if len(pending) > 64:  # bound the queue (the buffers are views, so this is about bookkeeping)
+                pending.pop(0).result()
+
+        emit(len(raw).to_bytes(8, "little") + raw)
         for t in tensors.values():
             if t.numel():
                 data = t.contiguous()
-                fh.write(
-                    memoryview(data.view(torch.uint8).numpy() if data.dtype == torch.bool else data.numpy()).cast("B")
-                )
+                buf = memoryview(data.view(torch.uint8).numpy() if data.dtype == torch.bool else data.numpy())
+                emit(buf.cast("B"))
+                if tick is not None:
+                    tick(buf.nbytes)
+        for f in pending:
+            f.result()
+    if tick is not None:
+        tick(0, close=True)
+    return digest.hexdigest()
+
+
+def _byte_progress(total: int, name: str) -> Callable[..., None]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=f"writing {name}", unit="B", unit_scale=True, unit_divisor=1024, leave=False)
+
+    def tick(n: int, close: bool = False) -> None:
+        bar.update(n)
+        if close:
+            bar.close()
+
+    return tick
 
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
