@@ -5,7 +5,8 @@ Inference (images/s on 1024x2048 RGB images, ``pspnet`` preset: long side 2049, 
       where batches measured slower per crop);
   (b) baseline: the same protocol one crop at a time (the MATLAB / semseg loop), batch size 1.
   The model is a width-reduced PSPNet50 (random weights) on CPU; with a GPU, also the full-width PSPNet101
-  (channels_last + float16 autocast).
+  (channels_last + float16 autocast). ``protocol_only``: the same protocol around a model that returns zeros
+  (resizes, padding, softmax fusion, the MATLAB imresize of the score maps): the cost that is not the network.
 Metric accumulation, reported separately (ms per image, 1024x2048, labelIds + instanceIds):
   (c) segconvert: ``CityscapesScorer`` (torch bincount confusion matrix + instance statistics on the device),
       accumulation alone, and with the PNG decoding that `segconvert score` does;
@@ -34,6 +35,13 @@ from segconvert.reference_models import create_model
 
 SMALL = dict(stem_widths=[8, 8, 16], widths=[8, 16, 32, 64], out_widths=[32, 64, 128, 256], ppm_width=64, head_width=64)
 PREP = Preprocessing("BGR", (103.939, 116.779, 123.68))
+
+
+class ZeroLogits(torch.nn.Module):
+    """19 zero logits per pixel: the protocol's own cost without a network."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(x.shape[0], 19, *x.shape[-2:])
 
 
 def make_model(full: bool, device: torch.device) -> torch.nn.Module:
@@ -148,6 +156,8 @@ def main() -> None:
             "one_crop_at_a_time_img_per_s": 1 / single,
             "speedup": single / batched,
         }
+        if not full:
+            report[f"{dev_name}_protocol_only_s_per_img"] = time_inference(ZeroLogits(), images, Runtime(dev, 1))
     pairs = [cityscapes_pair(rng) for _ in range(4)]
     threads = torch.get_num_threads()
     # the metric ops are memory-bound: `segconvert score` runs them on one CPU thread (like numpy); the
@@ -178,6 +188,8 @@ def main() -> None:
                 f"  {key:<24} batched {v['batched_img_per_s']:.3f} img/s   one crop at a time "
                 f"{v['one_crop_at_a_time_img_per_s']:.3f} img/s   speedup {v['speedup']:.2f}x"
             )
+    for key in [k for k in report if k.endswith("protocol_only_s_per_img")]:
+        print(f"  {key:<34} {report[key]:8.2f} s  (everything but the network)")
     print("metric (Cityscapes labelIds + iIoU instance statistics), per 1024x2048 image")
     for key in [k for k in report if k.startswith("metric_accumulate")]:
         print(f"  {key:<34} {report[key]:8.1f} ms  (accumulation only, arrays already decoded)")

@@ -7,6 +7,7 @@ VOC 2012 image and its palette label in shared/fixtures/real/voc_sample.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -70,6 +71,11 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
         code = int(exc.code or 0)
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def eval_args(weights: Path, dataset: str, root: Path, *extra: object) -> list[str]:
+    """``segconvert eval`` arguments (every extra converted to str)."""
+    return ["eval", str(weights), "--dataset", dataset, "--root", str(root), *map(str, extra)]
 
 
 def voc_sample_root(tmp_path: Path, name: str = "2011_003078") -> tuple[Path, np.ndarray, np.ndarray]:
@@ -147,6 +153,19 @@ def test_voc_label_resaved_as_rgb_is_rejected(tmp_path):
         get_dataset("voc", root).load_target(0)
 
 
+def test_voc_palette_label_with_foreign_indices_is_rejected(tmp_path):
+    root, _, label = voc_sample_root(tmp_path)
+    lab = root / "VOCdevkit" / "VOC2012" / "SegmentationClass" / "2011_003078.png"
+    bad = label.copy()
+    bad[:2, :2] = 40
+    im = Image.fromarray(bad).convert("P")  # 'L' -> 'P' keeps the values as indices
+    im.putpalette(Image.open(fixture_path("real", "voc_sample", "class_label_derived.png")).getpalette())
+    im.save(lab)
+    assert Image.open(lab).mode == "P"
+    with pytest.raises(DatasetError, match=r"palette label holds values \[40\] outside 0..20/255"):
+        get_dataset("voc", root).load_target(0)
+
+
 def test_voc_wrong_root_and_missing_split(tmp_path):
     with pytest.raises(DatasetError, match="JPEGImages/, SegmentationClass/"):
         get_dataset("voc", tmp_path)
@@ -178,21 +197,9 @@ def test_eval_cli_on_real_voc_sample_with_known_map(tmp_path, capsys, monkeypatc
     weights.write_bytes(b"x")
     out_dir = tmp_path / "pred"
     code, out, err = run_cli(
-        [
-            "eval",
-            str(weights),
-            "--dataset",
-            "voc",
-            "--root",
-            str(root),
-            "--protocol",
-            "deeplab-msc",
-            "--save-pred",
-            str(out_dir),
-            "--json",
-            "--device",
-            "cpu",
-        ],
+        eval_args(
+            weights, "voc", root, "--protocol", "deeplab-msc", "--save-pred", out_dir, "--json", "--device", "cpu"
+        ),
         capsys,
     )
     assert code == 0, err
@@ -239,7 +246,50 @@ def test_eval_cli_table_and_progress(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     assert "classes          IoU       Acc" in out and "Score Average : 1.000" in out
     assert "mIoU 100.00" in out and "protocol whole ss" in out
-    assert "img/s" in err and "1/1" in err  # tqdm progress bar on stderr
+    assert re.search(r"1/1 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+img/s\]", err), err  # tqdm: elapsed<ETA, images/s
+
+
+def two_image_voc(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """The real VOC sample under two names (val = both), for --limit."""
+    root, _, label = voc_sample_root(tmp_path)
+    voc = root / "VOCdevkit" / "VOC2012"
+    shutil.copy(voc / "JPEGImages" / "2011_003078.jpg", voc / "JPEGImages" / "2011_003079.jpg")
+    shutil.copy(voc / "SegmentationClass" / "2011_003078.png", voc / "SegmentationClass" / "2011_003079.png")
+    (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("2011_003078\n2011_003079\n")
+    return root, label
+
+
+def test_eval_cli_scales_flip_limit_device(tmp_path, capsys, monkeypatch):
+    """--scales / --flip / --no-flip / --limit / --device end to end: what ran is in the JSON."""
+    root, label = two_image_voc(tmp_path)
+    calls: list[tuple[int, int]] = []
+
+    class Recording(KnownMapModel):
+        def forward(self, x):
+            calls.append(tuple(x.shape[-2:]))
+            return super().forward(x)
+
+    monkeypatch.setattr("segconvert.eval.runner.load_weights", lambda p, d: Recording(label, 21))
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"x")
+    base = ["eval", str(weights), "--dataset", "voc", "--root", str(root), "--json", "--quiet"]
+    code, out, err = run_cli([*base, "--protocol", "whole", "--scales", "0.5,1", "--flip", "--limit", "1"], capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["num_images"] == 1 and res["device"] == "cpu"
+    assert res["protocol"]["scales"] == [0.5, 1.0] and res["protocol"]["flip"] is True
+    assert calls == [(188, 250), (188, 250), (375, 500), (375, 500)]  # 2 scales x (plain, flipped), one image
+    calls.clear()
+    code, out, err = run_cli([*base, "--protocol", "pspnet", "--crop", "600", "--no-flip", "--device", "cpu"], capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["num_images"] == 2 and res["protocol"]["flip"] is False and res["protocol"]["crop"] == 600
+    assert calls == [(600, 600), (600, 600)]  # one 600x600 window per image (long side 513), no flipped pass
+    if not torch.cuda.is_available():
+        code, _, err = run_cli([*base, "--device", "cuda"], capsys)
+        assert code == 2 and "CUDA is not available" in err
+    code, _, err = run_cli([*base, "--protocol", "deeplab-msc", "--scales", "ms"], capsys)
+    assert code == 2 and "no extra scales" in err
 
 
 def test_eval_cli_class_count_mismatch(tmp_path, capsys, monkeypatch):
@@ -290,6 +340,12 @@ def test_cityscapes_eval_save_and_score_labelids(tmp_path, capsys, monkeypatch):
         saved = np.asarray(Image.open(tmp_path / "out" / "labels" / city / f"{stem}_leftImg8bit.png"))
         lid = np.array([lab.id for lab in CITYSCAPES_TRAIN_LABELS], np.uint8)[pred]
         assert np.array_equal(saved, lid)  # labelIds, as the official evaluator expects
+    stem, city, pred, _, _ = items[0]
+    color = Image.open(tmp_path / "out" / "color" / city / f"{stem}_leftImg8bit.png")
+    rgb = np.asarray(color.convert("RGB"))
+    colours = {lab.train_id: lab.color for lab in CITYSCAPES_TRAIN_LABELS}
+    assert color.mode == "P" and all(tuple(rgb[y, x]) == colours[pred[y, x]] for y, x in ((0, 0), (20, 40)))
+    assert Image.open(tmp_path / "out" / "overlay" / city / f"{stem}_leftImg8bit.png").mode == "RGB"
     # every pixel right except one 8x8 block per image (and the ignored ego-vehicle rows)
     assert res["metrics"]["aAcc"] == pytest.approx(1 - 2 * 64 / (2 * (32 * 64 - 4 * 64)))
     assert res["metrics"]["iIoU"] is not None and res["categories"][0]["name"] == "flat"
@@ -318,43 +374,14 @@ def test_cityscapes_trainids_given_where_labelids_expected(tmp_path, capsys):
     for stem, city, pred, _, _ in items:
         (pred_dir / city).mkdir(parents=True, exist_ok=True)
         Image.fromarray(pred).save(pred_dir / city / f"{stem}_leftImg8bit.png")
-    code, out, err = run_cli(["score", "--dataset", "cityscapes", "--root", str(root), "--pred", str(pred_dir)], capsys)
+    score = ["score", "--dataset", "cityscapes", "--root", str(root), "--pred", str(pred_dir)]
+    code, out, err = run_cli(score, capsys)
     assert code == 2 and "look like trainIds" in err and "--pred-ids trainIds" in err
-    code, out, err = run_cli(
-        [
-            "score",
-            "--dataset",
-            "cityscapes",
-            "--root",
-            str(root),
-            "--pred",
-            str(pred_dir),
-            "--pred-ids",
-            "trainIds",
-            "--json",
-            "--quiet",
-        ],
-        capsys,
-    )
+    code, out, err = run_cli([*score, "--pred-ids", "trainIds", "--json", "--quiet"], capsys)
     assert code == 0, err
     as_train = json.loads(out)["metrics"]
     # explicitly forced labelIds: scored (badly), with a warning
-    code, out, err = run_cli(
-        [
-            "score",
-            "--dataset",
-            "cityscapes",
-            "--root",
-            str(root),
-            "--pred",
-            str(pred_dir),
-            "--pred-ids",
-            "labelIds",
-            "--json",
-            "--quiet",
-        ],
-        capsys,
-    )
+    code, out, err = run_cli([*score, "--pred-ids", "labelIds", "--json", "--quiet"], capsys)
     assert code == 0 and "warning:" in err and json.loads(out)["metrics"]["mIoU"] < as_train["mIoU"] - 0.3
 
 
@@ -449,10 +476,43 @@ def test_ade_score_one_and_zero_based(tmp_path, capsys):
         capsys,
     )
     assert code == 0 and json.loads(out2)["metrics"] == json.loads(out)["metrics"]
+    # zero-based predictions scored as the default one-based: scored (0 = 'other' is never right), with a warning
+    code, out3, err3 = run_cli(
+        ["score", "--dataset", "ade20k", "--root", str(root), "--pred", str(zero), "--json"], capsys
+    )
+    assert code == 0 and "warning:" in err3 and "--pred-ids zero-based" in err3
+    assert json.loads(out3)["metrics"]["mIoU"] < json.loads(out)["metrics"]["mIoU"]
     code, _, err = run_cli(
         ["score", "--dataset", "ade20k", "--root", str(root), "--pred", str(one), "--pred-ids", "trainIds"], capsys
     )
     assert code == 2 and "does not apply to ade20k" in err
+
+
+def test_ade_eval_save_pred_one_based_and_score_back(tmp_path, capsys, monkeypatch):
+    ann = np.array([[0, 1, 2, 2], [150, 150, 1, 1]], np.uint8)
+    root = ade_root(tmp_path / "ade", ann)
+    pred = np.array([[4, 0, 1, 1], [149, 149, 0, 1]])  # zero-based: the reduced annotation with one error
+    monkeypatch.setattr("segconvert.eval.runner.load_weights", lambda p, d: KnownMapModel(pred, 150))
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"x")
+    code, out, err = run_cli(
+        ["eval", str(weights), "--dataset", "ade20k", "--root", str(root), "--protocol", "whole",
+         "--save-pred", str(tmp_path / "out"), "--json", "--quiet"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    res = json.loads(out)
+    saved = np.asarray(Image.open(tmp_path / "out" / "labels" / "ADE_val_00000001.png"))
+    assert saved.tolist() == (pred + 1).tolist()  # SceneParsing format: class v written as v + 1
+    iou = {c["name"]: c["iou"] for c in res["classes"]}
+    # reduced GT [[255, 0, 1, 1], [149, 149, 0, 0]]: wall TP 2 FN 1 (pred 1 at (1, 3)); building TP 2 FP 1
+    assert iou["wall"] == pytest.approx(2 / 3) and iou["building"] == pytest.approx(2 / 3) and iou["flag"] == 1.0
+    code, out2, err2 = run_cli(
+        ["score", "--dataset", "ade20k", "--root", str(root), "--pred", str(tmp_path / "out" / "labels"), "--json"],
+        capsys,
+    )
+    assert code == 0, err2
+    assert json.loads(out2)["metrics"] == res["metrics"]
 
 
 def test_ade_wrong_layout(tmp_path):
@@ -478,24 +538,10 @@ def test_eval_cli_with_a_converted_weights_file(tmp_path, capsys):
     weights = save_converted(tmp_path / "tiny.safetensors", model.state_dict(), meta)
     root, rgb, label = voc_sample_root(tmp_path / "voc")
     code, out, err = run_cli(
-        [
-            "eval",
-            str(weights),
-            "--dataset",
-            "voc",
-            "--root",
-            str(root),
-            "--base-size",
-            "64",
-            "--device",
-            "cpu",
-            "--save-pred",
-            str(tmp_path / "pred"),
-            "--json",
-            "--quiet",
-        ],  # fmt: skip
+        eval_args(weights, "voc", root, "--base-size", 64, "--device", "cpu", "--save-pred", tmp_path / "pred",
+                  "--json", "--quiet"),
         capsys,
-    )
+    )  # fmt: skip
     assert code == 0, err
     res = json.loads(out)
     assert res["protocol"]["name"] == "pspnet" and res["protocol"]["crop"] == 65  # default for a Caffe PSPNet

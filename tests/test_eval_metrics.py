@@ -98,8 +98,24 @@ def test_confusion_accumulates_on_given_device():
 
 # ---------------------------------------------------------------------------------------- Cityscapes
 
-_BY_ID = {lab.id: lab for lab in CITYSCAPES_LABELS}
-_INSTANCE_LABELS = [lab.id for lab in CITYSCAPES_LABELS if lab.has_instances]
+# The benchmark's facts, written out here from the Cityscapes label definition so that the reference below
+# shares no table with segconvert (the parity test checks segconvert's table against cityscapesScripts):
+# categories by labelId, the 19 evaluated labelIds and their names, instance classes and iIoU weights.
+REF_CATEGORY = {i: "void" for i in range(7)} | {i: "flat" for i in (7, 8, 9, 10)}
+REF_CATEGORY |= {i: "construction" for i in range(11, 17)} | {i: "object" for i in range(17, 21)}
+REF_CATEGORY |= {21: "nature", 22: "nature", 23: "sky", 24: "human", 25: "human"} | {
+    i: "vehicle" for i in range(26, 34)
+}
+REF_EVALUATED = {
+    7: "road", 8: "sidewalk", 11: "building", 12: "wall", 13: "fence", 17: "pole", 19: "traffic light",
+    20: "traffic sign", 21: "vegetation", 22: "terrain", 23: "sky", 24: "person", 25: "rider", 26: "car",
+    27: "truck", 28: "bus", 31: "train", 32: "motorcycle", 33: "bicycle",
+}  # fmt: skip
+REF_HAS_INSTANCES = set(range(24, 34))
+REF_AVG_SIZE = {
+    24: 3462.4756337644, 25: 3930.4788056518, 26: 12794.0202738185, 27: 27855.1264367816, 28: 35732.1511111111,
+    29: 36771.8241758242, 30: 16926.9763313609, 31: 67583.7075812274, 32: 6298.7200839748, 33: 4672.3249222261,
+}  # fmt: skip
 
 
 def make_cityscapes_pair(rng: np.random.Generator, h: int = 48, w: int = 96):
@@ -111,7 +127,7 @@ def make_cityscapes_pair(rng: np.random.Generator, h: int = 48, w: int = 96):
         for x in range(0, w, 12):
             lid = int(rng.integers(0, 34))
             gt[y : y + 8, x : x + 12] = lid
-            if lid in _INSTANCE_LABELS and rng.random() < 0.8:
+            if lid in REF_HAS_INSTANCES and rng.random() < 0.8:
                 k = counter.get(lid, 0)
                 counter[lid] = k + 1
                 inst[y : y + 8, x : x + 12] = lid * 1000 + k
@@ -126,47 +142,43 @@ def make_cityscapes_pair(rng: np.random.Generator, h: int = 48, w: int = 96):
 
 
 def independent_cityscapes(pairs):
-    """Per-pixel definitions of the official metrics, written from the benchmark's description."""
-    not_ignored = [lab.id for lab in CITYSCAPES_LABELS if not lab.ignore_in_eval]
+    """Per-pixel definitions of the official metrics, written from the benchmark's description (no matrix)."""
+    not_ignored = list(REF_EVALUATED)
     valid = [np.isin(gt, not_ignored) for gt, _, _ in pairs]
     out = {"class": {}, "class_inst": {}, "cat": {}, "cat_inst": {}}
-    for lab in CITYSCAPES_TRAIN_LABELS:
-        c = lab.id
+
+    def weighted(c_ids, hit_ids):
+        """Instance-weighted TP and FN over the instances of labelIds ``c_ids``; a hit predicts ``hit_ids``."""
+        tpw = fnw = 0.0
+        for _g, ins, p in pairs:
+            for iid in np.unique(ins[ins > 1000]):
+                if iid // 1000 not in c_ids or iid // 1000 not in REF_EVALUATED:
+                    continue
+                m = ins == iid
+                wgt = REF_AVG_SIZE[int(iid) // 1000] / m.sum()
+                tpw += np.sum(np.isin(p[m], hit_ids)) * wgt
+                fnw += np.sum(~np.isin(p[m], hit_ids)) * wgt
+        return tpw, fnw
+
+    for c, name in REF_EVALUATED.items():
         tp = sum(int(np.sum((g == c) & (p == c))) for g, _, p in pairs)
         fn = sum(int(np.sum((g == c) & (p != c))) for g, _, p in pairs)
         fp = sum(int(np.sum((p == c) & (g != c) & v)) for (g, _, p), v in zip(pairs, valid, strict=True))
-        out["class"][lab.name] = tp / (tp + fp + fn) if tp + fp + fn else float("nan")
-        if lab.has_instances:
-            tpw = fnw = 0.0
-            for _g, ins, p in pairs:
-                for iid in np.unique(ins[ins > 1000]):
-                    if iid // 1000 != c:
-                        continue
-                    m = ins == iid
-                    wgt = CITYSCAPES_AVG_CLASS_SIZE[lab.name] / m.sum()
-                    tpw += np.sum(p[m] == c) * wgt
-                    fnw += np.sum(p[m] != c) * wgt
-            out["class_inst"][lab.name] = tpw / (tpw + fp + fnw) if tpw + fp + fnw else float("nan")
+        out["class"][name] = tp / (tp + fp + fn) if tp + fp + fn else float("nan")
+        if c in REF_HAS_INSTANCES:
+            tpw, fnw = weighted([c], [c])
+            out["class_inst"][name] = tpw / (tpw + fp + fnw) if tpw + fp + fnw else float("nan")
     for cat in ("flat", "construction", "object", "nature", "sky", "human", "vehicle"):
-        ids = [lab.id for lab in CITYSCAPES_LABELS if lab.category == cat and not lab.ignore_in_eval]
-        all_ids = [lab.id for lab in CITYSCAPES_LABELS if lab.category == cat]
+        all_ids = [i for i, k in REF_CATEGORY.items() if k == cat]
+        ids = [i for i in all_ids if i in REF_EVALUATED]
         tp = sum(int(np.sum(np.isin(g, ids) & np.isin(p, ids))) for g, _, p in pairs)
         fn = sum(int(np.sum(np.isin(g, ids) & ~np.isin(p, ids))) for g, _, p in pairs)
-        other = [i for i in not_ignored if _BY_ID[i].category != cat]
+        other = [i for i in not_ignored if REF_CATEGORY[i] != cat]
         fp = sum(int(np.sum(np.isin(g, other) & np.isin(p, ids))) for g, _, p in pairs)
         out["cat"][cat] = tp / (tp + fp + fn)
-        if cat in ("human", "vehicle"):
+        if all(i in REF_HAS_INSTANCES for i in all_ids):  # human, vehicle: every label has instances
             fp_i = sum(int(np.sum(np.isin(g, other) & np.isin(p, all_ids))) for g, _, p in pairs)
-            tpw = fnw = 0.0
-            for _g, ins, p in pairs:
-                for iid in np.unique(ins[ins > 1000]):
-                    lab = _BY_ID[int(iid) // 1000]
-                    if lab.category != cat or lab.ignore_in_eval:
-                        continue
-                    m = ins == iid
-                    wgt = CITYSCAPES_AVG_CLASS_SIZE[lab.name] / m.sum()
-                    tpw += np.sum(np.isin(p[m], all_ids)) * wgt
-                    fnw += np.sum(~np.isin(p[m], all_ids)) * wgt
+            tpw, fnw = weighted(all_ids, all_ids)
             out["cat_inst"][cat] = tpw / (tpw + fp_i + fnw)
     return out
 
@@ -203,6 +215,44 @@ def test_cityscapes_matches_independent_implementation(cs_pairs):
     assert ours.mIoU == pytest.approx(_nanmean(ref["class"]), abs=1e-12)
     assert ours.iIoU == pytest.approx(_nanmean(ref["class_inst"]), abs=1e-9)
     assert ours.category_mIoU == pytest.approx(_nanmean(ref["cat"]), abs=1e-12)
+
+
+def test_cityscapes_reference_data_tells_the_rules_apart(cs_pairs):
+    """The comparisons above can fail: on these pairs each official rule changes the numbers vs a naive one."""
+    ours = _ours(cs_pairs)
+    gt = np.concatenate([g.ravel() for g, _, _ in cs_pairs])
+    pred = np.concatenate([p.ravel() for _, _, p in cs_pairs])
+    ignored = [i for i in range(34) if i not in REF_EVALUATED]
+    car = 26
+    tp = np.sum((gt == car) & (pred == car))
+    fn = np.sum((gt == car) & (pred != car))
+    fp_official = np.sum((pred == car) & (gt != car) & ~np.isin(gt, ignored))
+    fp_naive = np.sum((pred == car) & (gt != car))  # FP counted on ignored ground truth too
+    (car_score,) = [c for c in ours.classes if c.name == "car"]
+    assert car_score.iou == pytest.approx(tp / (tp + fn + fp_official), abs=1e-12)
+    assert abs(car_score.iou - tp / (tp + fn + fp_naive)) > 1e-3
+    # iIoU differs from IoU (the instance weighting matters) and void-id predictions exist (false negatives)
+    assert abs(ours.iIoU - ours.mIoU) > 1e-3 and np.isin(pred[np.isin(gt, [7, 8])], ignored).any()
+    # caravan/trailer (ignored classes) predicted inside vehicle instances: counted by the category iIoU only
+    (vehicle,) = [c for c in ours.categories if c.name == "vehicle"]
+    inst = np.concatenate([i.ravel() for _, i, _ in cs_pairs])
+    assert np.isin(pred[(inst > 1000) & np.isin(inst // 1000, [26, 27, 28])], [29, 30]).any()
+    assert vehicle.iiou is not None and not math.isnan(vehicle.iiou)
+
+
+def test_cityscapes_class_iou_equals_trainid_scoring(cs_pairs):
+    """labelIds ground truth mapped to trainIds and scored over 19 classes (PSPNet eval_acc.m, mmseg) gives the
+    official class IoU for a trainId model (whose predictions are never void)."""
+    lut = np.array(cityscapes_label_to_train_lut(), dtype=np.uint8)
+    official, train = CityscapesScorer(), SegScorer("cs", tuple(lab.name for lab in CITYSCAPES_TRAIN_LABELS))
+    for gt, inst, pred in cs_pairs:
+        p = lut[pred]
+        p[p == 255] = 18  # a trainId model always predicts one of the 19 classes
+        official.update(torch.tensor(p), Target(gt, inst.astype(np.int32)))
+        train.update(torch.tensor(p), Target(lut[gt]))
+    a, b = official.result(), train.result()
+    assert [c.iou for c in a.classes] == pytest.approx([c.iou for c in b.classes], abs=1e-12)
+    assert a.mIoU == pytest.approx(b.mIoU, abs=1e-12) and a.aAcc == pytest.approx(b.aAcc, abs=1e-12)
 
 
 def test_cityscapes_trainid_prediction_equals_labelid_prediction(cs_pairs):

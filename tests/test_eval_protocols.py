@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from PIL import Image
 
+from segconvert.errors import WeightsFileError
 from segconvert.eval.protocols import (
     MS_SCALES,
     DeepLabMSC,
@@ -19,12 +21,13 @@ from segconvert.eval.protocols import (
     Semseg,
     Whole,
     Window,
+    forward_batch,
     get_protocol,
     mmcv_rescale_size,
     parse_scales,
     slide,
 )
-from segconvert.eval.resize import matlab_contributions, matlab_imresize
+from segconvert.eval.resize import cv2_linear, matlab_contributions, matlab_imresize
 
 LN3 = math.log(3.0)
 
@@ -115,6 +118,16 @@ def test_pspnet_and_deeplab_on_a_voc_sized_image():
     assert list(p.windows) == [Window(0, 473, 0, 473), Window(0, 473, 40, 513)]
     (d,) = get_protocol("deeplab-msc", "voc").plan(375, 500)
     assert d.padded == (513, 513) and d.pad == (0, 138, 0, 13)
+    (s,) = get_protocol("semseg", "voc").plan(375, 500)
+    # long 512 (no +1), short round(512/500*375 = 384); centred padding 89 -> 44 above, 45 below; stride 316
+    assert s.resized == (384, 512) and s.pad == (44, 45, 0, 0) and cols(s.windows) == [(0, 473), (39, 512)]
+    w = get_protocol("whole", "voc", scales=(0.5, 1.0), flip=True).plan(375, 500)
+    assert [(p.resized, p.flip, p.windows) for p in w] == [
+        ((188, 250), False, (Window(0, 188, 0, 250),)),
+        ((188, 250), True, (Window(0, 188, 0, 250),)),
+        ((375, 500), False, (Window(0, 375, 0, 500),)),
+        ((375, 500), True, (Window(0, 375, 0, 500),)),
+    ]
 
 
 def test_scale_rounding_rules_differ():
@@ -153,6 +166,73 @@ def test_matlab_imresize_uint8_rounds_after_each_dimension():
     x = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
     assert matlab_imresize(x, (2, 3), uint8=True).tolist() == [[0.0, 1.0, 1.0], [0.0, 1.0, 1.0]]
     assert matlab_imresize(x, (2, 3)).tolist() == [[0.0, 0.5, 1.0], [0.0, 0.5, 1.0]]
+
+
+def test_matlab_imresize_boundary_mirror_vs_clamp():
+    """Shrink 4 -> 1 (scale 1/4): u = 2.5, kernel width 8, taps at 1-based -1..6 with weights
+    [1, 3, 5, 7, 7, 5, 3, 1] / 32. On [1, 0, 0, 0] the clamped taps -1, 0 read x(1) (3 + 1 + 5 = 9/32), the
+    mirrored ones read x(2), x(1) (3 + 5 = 8/32)."""
+    x = torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    assert matlab_imresize(x, (1, 1), boundary="replicate").item() == 9 / 32
+    assert matlab_imresize(x, (1, 1), boundary="symmetric").item() == 8 / 32
+    w, idx = matlab_contributions(4, 1, boundary="symmetric")
+    assert (w[0] * 32).tolist() == [1, 3, 5, 7, 7, 5, 3, 1] and idx[0].tolist() == [1, 0, 0, 1, 2, 3, 3, 2]
+    # at scale >= 1/2 no tap lands two pixels outside: both rules agree (the VOC / Cityscapes scales)
+    for n_in, n_out in ((500, 257), (2048, 1025), (375, 193), (100, 101)):
+        a = matlab_contributions(n_in, n_out, boundary="symmetric")
+        b = matlab_contributions(n_in, n_out, boundary="replicate")
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert get_protocol("pspnet", "ade20k").matlab_boundary == "symmetric"
+    assert get_protocol("pspnet", "ade20k", matlab_boundary="replicate").matlab_boundary == "replicate"
+    with pytest.raises(ValueError, match="matlab_boundary"):
+        get_protocol("pspnet", "ade20k", matlab_boundary="zero")
+
+
+def test_matlab_imresize_single_maps_accumulate_in_double_round_each_pass():
+    """A single-precision score map: each pass is a double sum of single inputs, stored as single (imresizemex)."""
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.random((2, 7, 9), dtype=np.float32) * 1000)
+    out = matlab_imresize(x, (11, 4))
+    assert out.dtype == torch.float32
+    # reference with dense matrices: columns shrink (4/9 < 11/7) first, then rows
+    wc, ic = matlab_contributions(9, 4)
+    wr, ir = matlab_contributions(7, 11)
+    mc, mr = np.zeros((4, 9)), np.zeros((11, 7))
+    for m, w, idx in ((mc, wc, ic), (mr, wr, ir)):
+        for o in range(m.shape[0]):
+            np.add.at(m[o], idx[o], w[o])
+    step1 = (x.double().numpy() @ mc.T).astype(np.float32)
+    ref = np.einsum("rk,ckw->crw", mr, step1.astype(np.float64)).astype(np.float32)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=2e-7, atol=0)
+
+
+def test_cv2_linear_is_opencv_channels_and_dtypes():
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (3, 37, 50)).astype(np.float64)  # an 8-bit image held as float64
+    ours = cv2_linear(torch.from_numpy(img), (23, 71), uint8=True)
+    ref = cv2.resize(img.transpose(1, 2, 0).astype(np.uint8), (71, 23), interpolation=cv2.INTER_LINEAR)
+    assert ours.dtype == torch.float64 and np.array_equal(ours.numpy(), ref.transpose(2, 0, 1))
+    scores = rng.random((150, 9, 8))  # semseg resizes all class maps in one call (float64)
+    ref = cv2.resize(np.ascontiguousarray(scores.transpose(1, 2, 0)), (13, 5), interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal(cv2_linear(torch.from_numpy(scores), (5, 13)).numpy(), ref.transpose(2, 0, 1))
+    many = rng.random((600, 9, 8))  # more channels than one cv2 call takes (512): split, resized, rejoined
+    out = cv2_linear(torch.from_numpy(many), (5, 13)).numpy()
+    for lo, hi in ((0, 512), (512, 600)):
+        ref = cv2.resize(np.ascontiguousarray(many[lo:hi].transpose(1, 2, 0)), (13, 5), interpolation=cv2.INTER_LINEAR)
+        assert np.array_equal(out[lo:hi], ref.reshape(5, 13, -1).transpose(2, 0, 1))
+
+
+def test_cv2_linear_fallback_without_opencv(monkeypatch):
+    """Without OpenCV the resize is the half-pixel bilinear in float (uint8 rounded), and describe() says so."""
+    import segconvert.eval.resize as resize
+
+    monkeypatch.setattr(resize, "_cv2", lambda: None)
+    x = torch.tensor([[[0.0, 10.0]]], dtype=torch.float64)
+    # half-pixel centres, 2 -> 4: sources -0.25 (clamped to 0), 0.25, 0.75, 1.25 (clamped): 0, 2.5, 7.5, 10
+    assert resize.cv2_linear(x, (1, 4)).flatten().tolist() == [0.0, 2.5, 7.5, 10.0]
+    assert resize.cv2_linear(x, (1, 4), uint8=True).flatten().tolist() == [0.0, 3.0, 8.0, 10.0]
+    assert get_protocol("semseg", "voc").describe()["resize_backend"] == "torch"
 
 
 # --------------------------------------------------------------------------------------------- fusion
@@ -261,8 +341,78 @@ def test_model_must_return_input_resolution():
         def forward(self, x):
             return x[:, :2, ::2, ::2]
 
-    with pytest.raises(ValueError, match="input resolution"):
+    with pytest.raises(WeightsFileError, match="input resolution"):
         Whole().predict(Down(), np.zeros((4, 4, 3), np.uint8), Preprocessing(), Runtime())
+
+
+def test_mmseg_tta_flip_averages_softmaxes():
+    img = np.zeros((2, 4, 3), np.uint8)
+    proto = MMSegSlide(crop=8, stride=4, resize_scale=None, flip=True)
+    assert [p.flip for p in proto.plan(2, 4)] == [False, True]
+    scores = proto.predict(RampModel(alpha=LN3), img, Preprocessing(), Runtime())
+    # plain: logit0 = ln3 * j; flipped image, un-flipped logits: ln3 * (3 - j); softmaxes averaged
+    q0, q1 = (1 / 2 + 27 / 28) / 2, (3 / 4 + 9 / 10) / 2
+    assert scores[0, 0].tolist() == pytest.approx([q0, q1, q1, q0], abs=1e-6)
+
+
+# --------------------------------------------------------------------------- runtime (GPU flags on CPU)
+
+
+def test_runtime_flags_follow_the_device():
+    """The CUDA choices are plain properties: checked here without a GPU."""
+    gpu = Runtime(torch.device("cuda"))
+    assert gpu.memory_format == torch.channels_last and gpu.autocast_dtype == torch.float16
+    assert gpu.crops_per_forward == 8 and gpu.use_amp
+    assert Runtime(torch.device("cuda"), amp=False).autocast_dtype is None
+    assert Runtime(torch.device("cuda"), channels_last=False).memory_format == torch.contiguous_format
+    cpu = Runtime()
+    assert cpu.memory_format == torch.contiguous_format and cpu.autocast_dtype is None
+    assert cpu.crops_per_forward == 1 and not cpu.use_amp
+    assert Runtime(amp=True).autocast_dtype == torch.bfloat16  # explicit opt-in on CPU
+    assert Runtime(torch.device("mps"), amp=True).autocast_dtype is None
+
+
+class Probe(nn.Module):
+    """A 1x1 conv that records the layout of its input and the autocast state it ran under."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+        self.seen: list[tuple[bool, bool, torch.dtype]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        self.seen.append((channels_last, torch.is_autocast_enabled("cpu"), out.dtype))
+        return out
+
+
+def test_forward_batch_runs_channels_last_and_autocast():
+    """The code path CUDA takes (memory format + autocast + float32 result), exercised on CPU with bfloat16."""
+    x = torch.randn(2, 3, 5, 6)
+    probe = Probe()
+    ref = forward_batch(probe, x, Runtime())
+    out = forward_batch(probe, x, Runtime(amp=True, channels_last=True))
+    assert probe.seen == [(False, False, torch.float32), (True, True, torch.bfloat16)]
+    assert ref.dtype == out.dtype == torch.float32
+    assert torch.allclose(out, ref, atol=0.05) and not torch.equal(out, ref)
+
+
+def test_evaluate_puts_the_model_in_the_runtime_layout(tmp_path):
+    from segconvert.eval.datasets import get_dataset
+    from segconvert.eval.runner import evaluate
+
+    root = tmp_path / "VOC2012"
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / d).mkdir(parents=True)
+    Image.fromarray(np.zeros((6, 7, 3), np.uint8)).save(root / "JPEGImages" / "a.jpg")
+    Image.fromarray(np.zeros((6, 7), np.uint8)).save(root / "SegmentationClass" / "a.png")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("a\n")
+    model = nn.Conv2d(3, 21, 1)
+    res = evaluate(model, get_dataset("voc", tmp_path), Whole(), device="cpu", channels_last=True, amp=True,
+                   preprocessing=Preprocessing(), progress=False)  # fmt: skip
+    assert model.weight.is_contiguous(memory_format=torch.channels_last)
+    assert res.info["runtime"] == {"crops_per_forward": 1, "channels_last": True, "autocast": "bfloat16"}
 
 
 # ------------------------------------------------------------------------------------- preprocessing

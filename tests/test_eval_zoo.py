@@ -13,20 +13,10 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from segconvert.cli import main
 from segconvert.eval.protocols import PROTOCOLS, get_protocol
 from segconvert.testing import fixture_path
 from segconvert.weights import zoo
-
-
-def run_cli(args, capsys):
-    code = 0
-    try:
-        main(args)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from tests.test_eval_datasets import run_cli
 
 
 def _score(entry, value):
@@ -83,6 +73,66 @@ def test_published_numbers_and_their_settings():
 
     semseg = zoo.get_entry("semseg_pspnet101_ade20k")
     assert _score(semseg, 43.10)["flip"] is True and semseg["protocol"]["name"] == "semseg"
+
+
+# SPEC section 7, copied by hand: (zoo entry, metric, value, split, setting, flip, crf, comparable)
+SPEC_TABLE = [
+    ("deeplabv2_resnet101_msc_voc12", "mIoU", 76.35, "val", "ss", False, False, True),
+    ("deeplabv2_resnet101_msc_voc12", "mIoU", 77.69, "val", "ss", False, True, False),
+    ("deeplabv2_resnet101_msc_voc12", "mIoU", 79.7, "test", "ss", False, True, False),
+    ("deeplabv2_resnet101_msc_voc12", "mIoU", 75.54, "val", "ss", False, False, True),
+    ("deeplabv2_resnet101_msc_voc12", "mIoU", 74.39, "val", "ss", False, False, False),
+    ("deeplabv2_resnet101_msc_voc12", "mIoU", 78.48, "val", "ss", False, False, False),
+    ("kazuto1011_deeplabv2_resnet101_msc_vocaug", "mIoU", 76.65, "val", "ss", False, False, False),
+    ("kazuto1011_deeplabv2_resnet101_msc_vocaug", "mIoU", 77.93, "val", "ss", False, True, False),
+    ("pspnet50_ade20k", "mIoU", 41.68, "val", "ss", True, False, True),
+    ("pspnet50_ade20k", "aAcc", 80.04, "val", "ss", True, False, True),
+    ("pspnet50_ade20k", "mIoU", 42.78, "val", "ms", True, False, True),
+    ("pspnet50_ade20k", "aAcc", 80.76, "val", "ms", True, False, True),
+    ("pspnet101_cityscapes", "mIoU", 79.70, "val", "ss", True, False, True),
+    ("pspnet101_cityscapes", "aAcc", 96.38, "val", "ss", True, False, True),
+    ("pspnet101_cityscapes", "mIoU", 80.91, "val", "ms", True, False, True),
+    ("pspnet101_cityscapes", "aAcc", 96.59, "val", "ms", True, False, True),
+    ("pspnet101_voc2012", "mIoU", 85.41, "test", "ms", True, False, False),
+    ("pspnet101_voc2012", "mIoU", 91.0, "val", "ss", True, False, False),
+    ("pspnet101_voc2012", "mIoU", 88.1, "val", "ss", True, False, False),
+    ("pspnet101_voc2012", "mIoU", 88.6, "val", "ms", True, False, False),
+    ("semseg_pspnet50_ade20k", "mIoU", 41.89, "val", "ss", True, False, True),
+    ("semseg_pspnet50_ade20k", "mIoU", 42.84, "val", "ms", True, False, True),
+    ("semseg_pspnet101_ade20k", "mIoU", 43.10, "val", "ss", True, False, True),
+    ("semseg_pspnet101_ade20k", "mIoU", 44.15, "val", "ms", True, False, True),
+    ("semseg_pspnet50_voc", "mIoU", 77.05, "val", "ss", True, False, True),
+    ("semseg_pspnet50_voc", "mIoU", 78.02, "val", "ms", True, False, True),
+    ("semseg_pspnet101_voc", "mIoU", 79.07, "val", "ss", True, False, True),
+    ("semseg_pspnet101_voc", "mIoU", 79.63, "val", "ms", True, False, True),
+    ("semseg_pspnet50_cityscapes", "mIoU", 77.30, "val", "ss", True, False, True),
+    ("semseg_pspnet50_cityscapes", "mIoU", 78.38, "val", "ms", True, False, True),
+    ("semseg_pspnet101_cityscapes", "mIoU", 78.63, "val", "ss", True, False, True),
+    ("semseg_pspnet101_cityscapes", "mIoU", 79.29, "val", "ms", True, False, True),
+    ("pspnet101_cityscapes", "mIoU", 76.99, "val", "ss", False, False, False),
+    ("pspnet101_cityscapes", "mIoU", 77.23, "val", "ss", True, False, False),
+    ("pspnet50_ade20k", "mIoU", 40.00, "val", "ss", False, False, False),
+    ("pspnet50_ade20k", "mIoU", 40.67, "val", "ss", True, False, False),
+]
+
+
+@pytest.mark.parametrize("row", SPEC_TABLE, ids=lambda r: f"{r[0]}-{r[2]}")
+def test_every_spec_number_is_in_the_zoo_with_its_setting(row):
+    name, metric, value, split, setting, flip, crf, comparable = row
+    hits = [s for s in zoo.get_entry(name)["scores"] if s["value"] == value and s["metric"] == metric]
+    assert len(hits) == 1, (name, value)
+    s = hits[0]
+    assert (s["split"], s["setting"], s["flip"], s["crf"], s["comparable"]) == (split, setting, flip, crf, comparable)
+    assert s["source"] and (s["comparable"] or s["note"])  # every exclusion says why
+
+
+def test_kazuto_weights_are_listed_but_not_reproducible(tmp_path, capsys):
+    e = zoo.get_entry("kazuto1011_deeplabv2_resnet101_msc_vocaug")
+    assert e["files"][0]["name"] == "deeplabv2_resnet101_msc-vocaug-20000.pth" and e["protocol"] is None
+    w = tmp_path / "w.pth"
+    w.write_bytes(b"x")
+    code, _, err = run_cli(["reproduce", e["name"], "--root", str(tmp_path), "--weights", str(w)], capsys)
+    assert code == 2 and "nothing to reproduce" in err and "align_corners=False" in err
 
 
 def test_split_scores_explains_exclusions():
@@ -146,21 +196,8 @@ def test_reproduce_prints_ours_vs_published(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("segconvert.eval.runner.load_weights", fake_load)
     w = tmp_path / "w.safetensors"
     w.write_bytes(b"x")
-    code, out, err = run_cli(
-        [
-            "reproduce",
-            "deeplabv2_resnet101_msc_voc12",
-            "--root",
-            str(root),
-            "--weights",
-            str(w),
-            "--device",
-            "cpu",
-            "--json",
-            "--quiet",
-        ],
-        capsys,
-    )
+    base = ["reproduce", "deeplabv2_resnet101_msc_voc12", "--root", str(root), "--weights", str(w), "--device", "cpu"]
+    code, out, err = run_cli([*base, "--json", "--quiet"], capsys)
     assert code == 0, err
     res = json.loads(out)
     n0, n15 = int((label == 0).sum()), int((label == 15).sum())
@@ -170,25 +207,75 @@ def test_reproduce_prints_ours_vs_published(tmp_path, capsys, monkeypatch):
     assert rows[76.35]["ours"] == pytest.approx(ours) and rows[76.35]["diff"] == pytest.approx(ours - 76.35)
     assert {n["value"] for n in res["not_comparable"]} == {77.69, 79.7, 78.48, 74.39}
     assert res["protocol"]["name"] == "deeplab-msc" and seen == [str(w)]
-    code, out, err = run_cli(
-        [
-            "reproduce",
-            "deeplabv2_resnet101_msc_voc12",
-            "--root",
-            str(root),
-            "--weights",
-            str(w),
-            "--device",
-            "cpu",
-            "--quiet",
-        ],
-        capsys,
-    )
+    code, out, err = run_cli([*base, "--quiet"], capsys)
     assert code == 0
     assert ours == pytest.approx(70.0, abs=1e-3)  # (1/2 + 0 + 1 + 1 + 1) / 5: background and person halve each other
     assert re.search(r"mIoU\s+76\.35\s+70\.00\s+-6\.35\s+kazuto1011/deeplab-pytorch", out)
     assert re.search(r"mIoU\s+75\.54\s+70\.00\s+-5\.54\s+isht7", out)
     assert "not compared: mIoU 77.69" in out and "includes DenseCRF" in out
+
+
+class ConstantClass(nn.Module):
+    """Predicts ``cls`` everywhere; records the input shape of every forward."""
+
+    def __init__(self, cls: int, num_classes: int, meta: dict) -> None:
+        super().__init__()
+        self.cls, self.num_classes, self.segconvert_meta = cls, num_classes, meta
+        self.sizes: list[tuple[int, ...]] = []
+
+    def forward(self, x):
+        self.sizes.append(tuple(x.shape))
+        out = torch.zeros(x.shape[0], self.num_classes, *x.shape[-2:])
+        out[:, self.cls] = 1.0
+        return out
+
+
+def _reproduce_json(name, root, model, tmp_path, capsys, monkeypatch, *extra):
+    monkeypatch.setattr("segconvert.eval.runner.load_weights", lambda p, d: model)
+    w = tmp_path / "w.safetensors"
+    w.write_bytes(b"x")
+    code, out, err = run_cli(["reproduce", name, "--root", str(root), "--weights", str(w), *extra, "--json"], capsys)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_reproduce_pspnet_runs_the_official_matlab_protocol(tmp_path, capsys, monkeypatch):
+    """`reproduce pspnet50_ade20k`: MATLAB preset, base 512 (+1), crop 473, flip, compared with 41.68 / 80.04."""
+    base_dir = tmp_path / "ADEChallengeData2016"
+    for sub in ("images/validation", "annotations/validation"):
+        (base_dir / sub).mkdir(parents=True)
+    ann = np.ones((100, 150), np.uint8)  # wall (class 0) ...
+    ann[:, 100:] = 2  # ... and building (class 1) on the right third
+    Image.fromarray(np.zeros((100, 150, 3), np.uint8)).save(base_dir / "images/validation/ADE_val_00000001.jpg")
+    Image.fromarray(ann).save(base_dir / "annotations/validation/ADE_val_00000001.png")
+    entry = zoo.get_entry("pspnet50_ade20k")
+    model = ConstantClass(1, 150, {"arch": "pspnet50", "preprocessing": entry["preprocessing"]})
+    res = _reproduce_json("pspnet50_ade20k", tmp_path, model, tmp_path, capsys, monkeypatch, "--quiet")
+    assert res["protocol"]["name"] == "pspnet" and res["protocol"]["flip"] is True
+    assert (res["protocol"]["base_size"], res["protocol"]["crop"], res["protocol"]["scales"]) == (512, 473, [1.0])
+    # long side 513, short round(513/150*100 = 342) -> one 473 window row, columns at 0 and 40; plain + flipped
+    assert model.sizes == [(2, 3, 473, 473), (2, 3, 473, 473)]
+    rows = {r["published"]: r for r in res["comparison"]}
+    assert set(rows) == {41.68, 80.04}
+    assert rows[41.68]["ours"] == pytest.approx(100 * (0 + 1 / 3) / 2)  # wall IoU 0, building IoU 1/3
+    assert rows[80.04]["ours"] == pytest.approx(100 / 3)
+    assert rows[41.68]["diff"] == pytest.approx(rows[41.68]["ours"] - 41.68)
+
+
+@pytest.mark.slow
+def test_reproduce_semseg_ms_runs_six_scales(tmp_path, capsys, monkeypatch):
+    """`reproduce semseg_pspnet50_voc --setting ms`: semseg preset with its six scales, vs 78.02 / 85.80 / 95.13."""
+    root, label = _voc(tmp_path)
+    entry = zoo.get_entry("semseg_pspnet50_voc")
+    model = ConstantClass(0, 21, {"arch": "pspnet50", "preprocessing": entry["preprocessing"]})
+    res = _reproduce_json("semseg_pspnet50_voc", root, model, tmp_path, capsys, monkeypatch, "--setting", "ms")
+    assert res["protocol"]["name"] == "semseg" and res["protocol"]["scales"] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    # 500x375 -> 256x192, 384x288, 512x384, 640x480, 768x576, 896x672 (no +1): 1, 1, 1x2, 2x2, 2x2, 2x3 windows
+    assert model.sizes == [(2, 3, 473, 473)] * 18  # each a plain + flipped pair
+    assert {r["published"] for r in res["comparison"]} == {78.02, 85.80, 95.13}
+    n0 = int((label == 0).sum())
+    aacc = {r["published"]: r["ours"] for r in res["comparison"]}[95.13]
+    assert aacc == pytest.approx(100 * n0 / int((label != 255).sum()))
 
 
 def test_reproduce_refuses_test_server_target(tmp_path, capsys):

@@ -62,6 +62,52 @@ def _make_protocol(name: str, dataset: str, scales: str | None, flip: bool | Non
     return proto
 
 
+def _run_options(f: Any) -> Any:
+    """Options shared by ``eval`` and ``reproduce``: how the images run and what is printed or saved."""
+    options = [
+        click.option("--limit", type=int, default=None, help="Evaluate the first N images only."),
+        click.option(
+            "--save-pred", type=click.Path(file_okay=False), default=None, help="Write labels/, color/, overlay/."
+        ),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps."),
+        click.option("--batch-size", type=int, default=None, help="Crops per forward (default: 8 on CUDA, 1 on CPU)."),
+        click.option("--amp/--no-amp", default=None, help="Autocast: float16 on CUDA (default on), bfloat16 on CPU."),
+        click.option("--json", "as_json", is_flag=True, help="Print the results as JSON."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _load_model(weights: str, device: str) -> tuple[Any, Any]:
+    """(model rebuilt from the converted weights, torch device); a bad --device is a usage error."""
+    from segconvert.eval.runner import load_weights, resolve_device
+
+    try:
+        dev = resolve_device(device)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    return load_weights(weights, dev), dev
+
+
+def _run(model: Any, ds: Any, proto: Any, dev: Any, run: dict[str, Any]) -> Any:
+    """``evaluate`` with the shared run options (``run``: the click values of :func:`_run_options`)."""
+    from segconvert.eval.runner import evaluate
+
+    return evaluate(
+        model,
+        ds,
+        proto,
+        device=dev,
+        batch_size=run["batch_size"],
+        amp=run["amp"],
+        limit=run["limit"],
+        save_pred=run["save_pred"],
+        progress=not run["quiet"],
+    )
+
+
 # -------------------------------------------------------------------------------------------------- eval
 
 
@@ -75,13 +121,7 @@ def _make_protocol(name: str, dataset: str, scales: str | None, flip: bool | Non
 @click.option("--flip/--no-flip", default=None, help="Flip augmentation (default: the preset's).")
 @click.option("--crop", type=int, default=None, help="Crop size (default: the weights' input size / preset).")
 @click.option("--base-size", type=int, default=None, help="Base size of the scale rule (pspnet/semseg).")
-@click.option("--limit", type=int, default=None, help="Evaluate the first N images only.")
-@click.option("--save-pred", type=click.Path(file_okay=False), default=None, help="Write labels/, color/, overlay/.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
-@click.option("--batch-size", type=int, default=None, help="Crops per forward (default: 8 on CUDA, 1 on CPU).")
-@click.option("--amp/--no-amp", default=None, help="float16 autocast (default: on with CUDA).")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_run_options
 def eval_cmd(
     weights: str,
     dataset: str,
@@ -92,25 +132,15 @@ def eval_cmd(
     flip: bool | None,
     crop: int | None,
     base_size: int | None,
-    limit: int | None,
-    save_pred: str | None,
-    device: str,
-    batch_size: int | None,
-    amp: bool | None,
     as_json: bool,
-    quiet: bool,
+    **run: Any,
 ) -> None:
     """Evaluate converted WEIGHTS on a dataset with a published protocol."""
     from segconvert.eval.datasets import get_dataset
-    from segconvert.eval.runner import evaluate, load_weights, resolve_device
 
     dataset = dataset.lower()
     ds = get_dataset(dataset, root, split)
-    try:
-        dev = resolve_device(device)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    model = load_weights(weights, dev)
+    model, dev = _load_model(weights, run["device"])
     meta = getattr(model, "segconvert_meta", {}) or {}
     name = protocol or _default_protocol(meta)
     overrides: dict[str, Any] = {}
@@ -119,17 +149,7 @@ def eval_cmd(
     if base_size and name in ("pspnet", "semseg"):
         overrides["base_size"] = base_size
     proto = _make_protocol(name, dataset, scales, flip, **overrides)
-    result = evaluate(
-        model,
-        ds,
-        proto,
-        device=dev,
-        batch_size=batch_size,
-        amp=amp,
-        limit=limit,
-        save_pred=save_pred,
-        progress=not quiet,
-    )
+    result = _run(model, ds, proto, dev, run)
     result.info["weights"] = str(weights)
     _emit(result, as_json)
 
@@ -236,38 +256,27 @@ def _ours(result: Any, metric: str) -> float | None:
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), required=True, help="Converted weights.")
 @click.option("--setting", type=click.Choice(["ss", "ms"]), default="ss", show_default=True)
 @click.option("--split", default="val", show_default=True)
-@click.option("--limit", type=int, default=None, help="First N images only (then not comparable).")
-@click.option("--save-pred", type=click.Path(file_okay=False), default=None)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", type=int, default=None, help="Crops per forward (default: 8 on CUDA, 1 on CPU).")
-@click.option("--amp/--no-amp", default=None)
 @click.option("--allow-noncomparable", is_flag=True, help="Run even without a comparable published score.")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--quiet", is_flag=True)
+@_run_options
 def reproduce(
     name: str,
     root: str,
     weights: str,
     setting: str,
     split: str,
-    limit: int | None,
-    save_pred: str | None,
-    device: str,
-    batch_size: int | None,
-    amp: bool | None,
     allow_noncomparable: bool,
     as_json: bool,
-    quiet: bool,
+    **run: Any,
 ) -> None:
     """Run zoo entry NAME's own protocol and print ours vs published with the difference."""
     from segconvert.eval.datasets import get_dataset
     from segconvert.eval.protocols import MS_SCALES
-    from segconvert.eval.runner import evaluate, load_weights, resolve_device
     from segconvert.weights import zoo as zoo_mod
 
     entry = zoo_mod.get_entry(name)
     if not entry.get("protocol") or not entry.get("dataset"):
-        raise zoo_mod.ZooError(f"'{name}' is not a segmentation checkpoint: nothing to reproduce")
+        why = "not a segmentation checkpoint" if not entry.get("dataset") else "no segconvert protocol is its own"
+        raise zoo_mod.ZooError(f"'{name}': nothing to reproduce ({why}; {' '.join(entry['notes'])})")
     pconf = dict(entry["protocol"])
     pname = pconf.pop("name")
     scales = "1" if setting == "ss" else ",".join(str(s) for s in MS_SCALES)
@@ -284,11 +293,7 @@ def reproduce(
             + " (pass --allow-noncomparable to run anyway)"
         )
     ds = get_dataset(entry["dataset"], root, split)
-    try:
-        dev = resolve_device(device)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    model = load_weights(weights, dev)
+    model, dev = _load_model(weights, run["device"])
     meta = getattr(model, "segconvert_meta", {}) or {}
     notes = []
     if meta.get("arch") and meta["arch"] != entry["arch"]:
@@ -300,19 +305,10 @@ def reproduce(
         != [round(float(v), 3) for v in entry["preprocessing"]["mean"]]
     ):
         notes.append(f"weights preprocessing {prep} differs from the release's {entry['preprocessing']}")
+    limit = run["limit"]
     if limit is not None and limit < len(ds):
         notes.append(f"only {limit} of {len(ds)} images: the comparison is indicative only")
-    result = evaluate(
-        model,
-        ds,
-        proto,
-        device=dev,
-        batch_size=batch_size,
-        amp=amp,
-        limit=limit,
-        save_pred=save_pred,
-        progress=not quiet,
-    )
+    result = _run(model, ds, proto, dev, run)
     rows = []
     for s in same:
         ours = _ours(result, s["metric"])

@@ -10,13 +10,14 @@
   ``annotations/<...>/*.png`` (0 = other, 1..150); reduce_zero_label maps 0 -> 255 and v -> v - 1.
 
 Every dataset yields uint8 RGB images and a :class:`Target` whose ``label`` is what its scorer expects
-(train ids for VOC / ADE20K, labelIds for Cityscapes).
+(train ids for VOC / ADE20K, labelIds for Cityscapes). Cityscapes ground truth stays in labelIds because the
+official scorer works on them; the model's trainIds are mapped to labelIds instead (``labelTrainIds`` ground
+truth is mapped back, ignored -> 0), which gives the same class IoU as scoring in trainIds (tested).
+A wrong root or layout raises one :class:`~segconvert.errors.DatasetError` naming what was expected where.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -82,6 +83,13 @@ def read_index_png(path: Path, what: str = "label") -> tuple[np.ndarray, str]:
     return arr, mode
 
 
+def _reject(pred: np.ndarray, bad_mask: np.ndarray, message: str, path: Path) -> None:
+    """Raise a DatasetError naming the offending ids (``{ids}`` in ``message``) if ``bad_mask`` is set anywhere."""
+    bad = np.unique(pred[bad_mask])
+    if bad.size:
+        raise DatasetError(message.format(ids=bad[:8].tolist()), file=path)
+
+
 def _read_list(path: Path) -> list[list[str]]:
     try:
         lines = path.read_text().splitlines()
@@ -127,36 +135,41 @@ class SegDataset:
     def prediction_relpath(self, sample: Sample) -> str:
         return f"{sample.name}.png"
 
+    def prediction_key(self, filename: str) -> str | None:
+        """The sample name a prediction file belongs to (``<name>.png``), None for other files."""
+        return filename[: -len(".png")]
+
     def find_predictions(self, pred_dir: Path) -> list[Path]:
-        """The prediction PNG of every sample (``<name>.png`` anywhere below ``pred_dir``, unique)."""
+        """The prediction PNG of every sample, found anywhere below ``pred_dir`` (exactly one each)."""
         index: dict[str, list[Path]] = {}
         for p in sorted(pred_dir.rglob("*.png")):
-            index.setdefault(p.stem, []).append(p)
+            key = self.prediction_key(p.name)
+            if key is not None:
+                index.setdefault(key, []).append(p)
         out, missing = [], []
         for s in self.samples:
             hits = index.get(s.name, [])
             if len(hits) > 1:
                 raise DatasetError(f"several predictions for '{s.name}': {', '.join(map(str, hits[:3]))}")
-            if not hits:
+            if hits:
+                out.append(hits[0])
+            else:
                 missing.append(s.name)
-                continue
-            out.append(hits[0])
         if missing:
             raise DatasetError(
-                f"no prediction PNG for {len(missing)} of {len(self.samples)} images "
-                f"(expected <name>.png below the folder, e.g. '{missing[0]}.png')",
+                f"no prediction for {len(missing)} of {len(self.samples)} images "
+                f"(expected a file named {self.prediction_pattern(missing[0])} below the folder)",
                 file=pred_dir,
             )
         return out
 
+    def prediction_pattern(self, name: str) -> str:
+        return f"{name}.png"
+
     def score_prediction(self, scorer: Any, pred: np.ndarray, target: Target, pred_ids: str, path: Path) -> None:
         """Check a prediction PNG's values and add it to ``scorer``."""
-        bad = np.unique(pred[(pred >= self.num_classes) & (pred != IGNORE_INDEX)])
-        if bad.size:
-            raise DatasetError(
-                f"prediction contains ids {bad[:8].tolist()} outside 0..{self.num_classes - 1} (255 = void)",
-                file=path,
-            )
+        mask = (pred >= self.num_classes) & (pred != IGNORE_INDEX)
+        _reject(pred, mask, f"prediction contains ids {{ids}} outside 0..{self.num_classes - 1} (255 = void)", path)
         scorer.update(pred, target)
 
 
@@ -212,24 +225,27 @@ class VOCDataset(SegDataset):
         if s.label is None:
             raise DatasetError(f"split '{self.split}' has no ground truth", file=self.root)
         arr, mode = read_index_png(s.label, "VOC label")
-        if mode == "P":
-            pass  # indices, as released
-        elif mode == "L":
-            bad = np.unique(arr[(arr > 20) & (arr != 255)])
-            if bad.size:
-                raise DatasetError(
-                    f"grey-level label holds values {bad[:6].tolist()} outside 0..20/255: it looks like a "
-                    "palette PNG converted to grey levels or colours; use the released palette PNG",
-                    file=s.label,
-                )
-        else:
+        if mode not in ("P", "L"):
             raise DatasetError(f"unexpected PNG mode {mode}; expected a palette ('P') PNG", file=s.label)
+        bad = np.unique(arr[(arr > 20) & (arr != 255)])
+        if bad.size:
+            hint = (
+                "it looks like a palette PNG converted to grey levels; use the released palette PNG"
+                if mode == "L"
+                else "not a VOC class-index label"
+            )
+            raise DatasetError(
+                f"{'grey-level' if mode == 'L' else 'palette'} label holds values {bad[:6].tolist()} outside "
+                f"0..20/255: {hint}",
+                file=s.label,
+            )
         return Target(arr.astype(np.uint8))
 
 
 # ------------------------------------------------------------------------------------------ Cityscapes
 
 _CS_NAME = re.compile(r"^(?P<city>[^_]+)_(?P<seq>\d+)_(?P<frame>\d+)_leftImg8bit\.png$")
+_CS_PRED = re.compile(r"^([^_]+_\d+_\d+).*\.png$")
 
 
 class CityscapesDataset(SegDataset):
@@ -313,43 +329,20 @@ class CityscapesDataset(SegDataset):
     def prediction_relpath(self, sample: Sample) -> str:
         return f"{sample.image.parent.name}/{sample.name}_leftImg8bit.png"
 
-    def find_predictions(self, pred_dir: Path) -> list[Path]:
-        """Like the official evaluator: one ``<city>_<seq>_<frame>*.png`` anywhere below ``pred_dir``."""
-        by_prefix: dict[str, list[Path]] = {}
-        for root, _dirs, files in os.walk(pred_dir):
-            for f in files:
-                if f.endswith(".png"):
-                    m = re.match(r"^([^_]+_\d+_\d+)", f)
-                    if m:
-                        by_prefix.setdefault(m.group(1), []).append(Path(root) / f)
-        out, missing = [], []
-        for s in self.samples:
-            hits = [p for p in by_prefix.get(s.name, []) if fnmatch.fnmatch(p.name, f"{s.name}*.png")]
-            if len(hits) > 1:
-                raise DatasetError(f"found multiple predictions for {s.name}: {', '.join(map(str, hits[:3]))}")
-            if not hits:
-                missing.append(s.name)
-                continue
-            out.append(hits[0])
-        if missing:
-            raise DatasetError(
-                f"found no prediction for {len(missing)} of {len(self.samples)} images "
-                f"(expected a file named {missing[0]}*.png below the folder)",
-                file=pred_dir,
-            )
-        return out
+    def prediction_key(self, filename: str) -> str | None:
+        """Like the official evaluator: any ``<city>_<seq>_<frame>*.png``."""
+        m = _CS_PRED.match(filename)
+        return m.group(1) if m else None
+
+    def prediction_pattern(self, name: str) -> str:
+        return f"{name}*.png"
 
     def score_prediction(self, scorer: Any, pred: np.ndarray, target: Target, pred_ids: str, path: Path) -> None:
         """``pred_ids``: 'labelIds' (checked against the trainId mix-up), 'labelIds-forced' (only
         warned about) or 'trainIds'."""
         if pred_ids == "trainIds":
-            bad = np.unique(pred[(pred > 18) & (pred != 255)])
-            if bad.size:
-                raise DatasetError(
-                    f"prediction holds ids {bad[:8].tolist()} > 18, which are not trainIds; "
-                    "these look like labelIds: score them with --pred-ids labelIds",
-                    file=path,
-                )
+            msg = "prediction holds ids {ids} > 18, which are not trainIds; these look like labelIds: score them "
+            _reject(pred, (pred > 18) & (pred != 255), msg + "with --pred-ids labelIds", path)
             scorer.update(pred, target)
             return
         void = np.unique(pred[pred <= 6])
@@ -423,17 +416,11 @@ class ADE20KDataset(SegDataset):
     def score_prediction(self, scorer: Any, pred: np.ndarray, target: Target, pred_ids: str, path: Path) -> None:
         """``pred_ids``: 'one-based' (1..150, the SceneParsing format) or 'zero-based' (0..149)."""
         if pred_ids == "zero-based":
-            bad = np.unique(pred[(pred >= 150) & (pred != 255)])
-            if bad.size:
-                raise DatasetError(
-                    f"prediction holds ids {bad[:8].tolist()} >= 150: not zero-based; try --pred-ids one-based",
-                    file=path,
-                )
+            msg = "prediction holds ids {ids} >= 150: not zero-based; try --pred-ids one-based"
+            _reject(pred, (pred >= 150) & (pred != 255), msg, path)
             scorer.update(pred, target)
             return
-        bad = np.unique(pred[pred > 150])
-        if bad.size:
-            raise DatasetError(f"prediction holds ids {bad[:8].tolist()} > 150", file=path)
+        _reject(pred, pred > 150, "prediction holds ids {ids} > 150", path)
         if (pred == 0).any():
             warnings.warn(
                 f"{path}: one-based prediction holds 0 ('other', never correct); "

@@ -205,6 +205,14 @@ def _instance_categories() -> dict[str, list[int]]:
 _INSTANCE_CATEGORIES = _instance_categories()
 
 
+def _add_instance(stats: dict[str, Any], size: int, tp: int, weight: float) -> None:
+    """One instance of ``size`` pixels, ``tp`` of them predicted right: TP and FN, raw and weighted."""
+    stats["tp"] += tp
+    stats["fn"] += size - tp
+    stats["tpWeighted"] += float(tp) * weight
+    stats["fnWeighted"] += float(size - tp) * weight
+
+
 class CityscapesScorer:
     """The official Cityscapes pixel-level metrics: class/category IoU and iIoU over labelIds."""
 
@@ -261,17 +269,9 @@ class CityscapesScorer:
             if label is None or label.ignore_in_eval or label.name not in self.inst_classes:
                 continue
             weight = CITYSCAPES_AVG_CLASS_SIZE[label.name] / float(n)
-            st = self.inst_classes[label.name]
-            st["tp"] += t
-            st["fn"] += n - t
-            st["tpWeighted"] += float(t) * weight
-            st["fnWeighted"] += float(n - t) * weight
+            _add_instance(self.inst_classes[label.name], n, t, weight)
             if label.category in self.inst_categories:
-                sc = self.inst_categories[label.category]
-                sc["tp"] += ct
-                sc["fn"] += n - ct
-                sc["tpWeighted"] += float(ct) * weight
-                sc["fnWeighted"] += float(n - ct) * weight
+                _add_instance(self.inst_categories[label.category], n, ct, weight)
 
     # -- scores, following the official definitions term by term
 

@@ -4,7 +4,8 @@ A model is any ``nn.Module`` whose eval forward maps a preprocessed (N, 3, h, w)
 (N, K, h, w) at input resolution. Images enter as (H, W, 3) uint8 RGB; :class:`Preprocessing` (from the
 weights' metadata) orders the channels and subtracts the mean / divides by the std. Padding "with the mean"
 is padding the preprocessed tensor with 0. Every protocol returns (K, H, W) scores whose argmax over K is the
-prediction; :meth:`Protocol.plan` exposes the resized size, padding and window grid of every scale.
+prediction; :meth:`Protocol.plan` exposes the resized size, padding and window grid of every scale. Crops run
+in batches (:class:`Runtime`: channels_last + float16 autocast on CUDA).
 
 Presets (``get_protocol``):
 
@@ -14,20 +15,21 @@ Presets (``get_protocol``):
     ``imresize`` of the uint8 image (antialiased when shrinking, uint8 result). Pad bottom/right with the mean
     up to the crop. If the long side <= crop: one crop; else stride = ceil(crop * 2/3), ceil((padded - crop) /
     stride) + 1 windows per axis, the last one aligned to the border. Per crop: logits(x) + flip(logits(flip(x)))
-    then softmax; probabilities summed and divided by the overlap count; cropped to the resized image; MATLAB
-    ``imresize`` to the original size (antialiased) and renormalised to sum 1 over classes; scales averaged.
+    then softmax; probabilities summed (single precision) and divided by the overlap count; cropped to the
+    resized image; MATLAB ``imresize`` to the original size and renormalised to sum 1 over classes; scales
+    averaged.
 ``semseg``
     hszhao/semseg ``tool/test.py``: long side = round(s*base) (Python round, half to even), no +1; cv2
-    ``INTER_LINEAR`` resize (float image); centred padding with the mean (top = pad // 2); same window grid;
-    per crop softmax(logits(x)) and softmax of the flipped pass averaged ("ss" includes flip); average by
-    count; un-pad; cv2 linear resize to the original size; scales averaged.
+    ``INTER_LINEAR`` resize of the float32 image; centred padding with the mean (top = pad // 2); same window
+    grid; per crop softmax(logits(x)) and softmax of the flipped pass averaged ("ss" includes flip); summed
+    in float64 and averaged by count; un-pad; cv2 linear resize to the original size; scales averaged.
 ``mmseg-slide``
-    open-mmlab/mmsegmentation ``EncoderDecoder.slide_inference``: keep-ratio rescale to the config scale
-    (``mmcv.rescale_size``: factor min(long_max/long, short_max/short), size int(x*f + 0.5)); windows
-    ``max(H - crop + stride - 1, 0) // stride + 1`` per axis, clipped to the image (no padding, a smaller border
-    patch); logits summed and divided by the count; bilinear (align_corners=False) resize of the logits to the
-    original size. With several scales or flip: mmseg TTA, softmax of every augmentation averaged (scales
-    multiply the config scale, the 0.x ``--aug-test`` convention).
+    open-mmlab/mmsegmentation ``EncoderDecoder.slide_inference``: keep-ratio rescale (cv2 linear, uint8) to the
+    config scale (``mmcv.rescale_size``: factor min(long_max/long, short_max/short), size int(x*f + 0.5));
+    windows ``max(H - crop + stride - 1, 0) // stride + 1`` per axis, clipped to the image (no padding, a
+    smaller border patch); logits summed and divided by the count; bilinear (align_corners=False) resize of the
+    logits to the original size. With several scales or flip: mmseg TTA, softmax of every augmentation
+    averaged (scales multiply the config scale, the 0.x ``--aug-test`` convention).
 ``deeplab-msc``
     DeepLab-v2 Caffe test (talent518/deeplab-public-ver2 ``test.prototxt`` + MATLAB scoring): pad bottom/right
     with the mean to 513 (larger images: to the next 8k+1), one forward of the fused MSC net (the MAX fusion is
@@ -35,24 +37,38 @@ Presets (``get_protocol``):
 ``whole``
     The whole image in one forward; with scales / flip the softmax of every augmentation is averaged.
 
-Deviations, documented: the MATLAB ``imresize`` of the score maps accumulates in float32 (MATLAB: double,
-stored single); the uint8 path of cv2 ``resize`` used by mmcv (11-bit fixed point) is emulated in float with
-rounding; JPEG decoding is PIL's (libjpeg), not MATLAB's/OpenCV's.
+Exactness, what is and is not reproduced:
+
+- MATLAB ``imresize`` is emulated term by term (weights, tap order, double accumulation, each pass rounded to
+  the input's class: uint8 for the image, single for the score maps). The out-of-range taps are mirrored
+  (``matlab_boundary="symmetric"``, newer MATLAB) or clamped (``"replicate"``, R2013-era MATLAB): the
+  authors' MATLAB release is not published; the two differ only when a dimension shrinks below ~0.37
+  (large ADE20K images).
+- The MATLAB softmax is ``exp(s) ./ sum(exp(s))`` in single precision; ``torch.softmax`` subtracts the max
+  first: equal up to float32 rounding (the MATLAB form overflows above logit 88, ours does not).
+- cv2 ``resize`` (semseg, mmseg) is OpenCV itself when it is installed (bit-exact, including its 11-bit
+  fixed-point uint8 path); without OpenCV it is emulated in float (uint8: about 13 % of the pixels differ by
+  one grey level). ``describe()`` records the backend.
+- Images are decoded by PIL (libjpeg-turbo); OpenCV decodes the same files bit-identically (checked on the
+  VOC sample); MATLAB's ``imread`` decoder could not be checked here.
+- mmseg 1.x TTA multiplies the original image size by the ratios, 0.x the config scale: ours follows 0.x.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from segconvert.eval.resize import bilinear, matlab_imresize, round_half_away
+from segconvert.errors import WeightsFileError
+from segconvert.eval.resize import BOUNDARIES, bilinear, cv2_backend, cv2_linear, matlab_imresize, round_half_away
 
 MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
@@ -71,10 +87,13 @@ class Preprocessing:
     @classmethod
     def from_meta(cls, meta: dict[str, Any] | None) -> Preprocessing:
         if not meta:
-            raise ValueError("no preprocessing metadata: the model needs segconvert_meta['preprocessing']")
+            raise WeightsFileError(
+                "the weights carry no preprocessing metadata (channel order, mean, std): "
+                "convert them with segconvert or pass a Preprocessing"
+            )
         order = str(meta.get("channel_order", "RGB")).upper()
         if order not in ("RGB", "BGR"):
-            raise ValueError(f"channel_order must be RGB or BGR, got {order!r}")
+            raise WeightsFileError(f"preprocessing channel_order must be RGB or BGR, got {order!r}")
         std = meta.get("std")
         return cls(
             order,
@@ -144,11 +163,17 @@ def mmseg_starts(length: int, crop: int, stride: int) -> list[tuple[int, int]]:
 
 @dataclass
 class Runtime:
-    """Where and how crops run: device, crop batch size, channels_last + autocast (CUDA only by default)."""
+    """Where and how crops run: device, crops per forward, memory format and autocast.
+
+    Defaults follow the device: on CUDA 8 crops per forward, channels_last and float16 autocast; on CPU one
+    crop at a time (batching measured within 10 % of it there), contiguous, float32. ``amp=True`` on CPU selects
+    bfloat16 autocast; ``amp=False`` / ``channels_last=False`` switch them off anywhere.
+    """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    batch_size: int | None = None  # None: 8 on CUDA, 1 on CPU (batches were slower per crop on CPU)
-    amp: bool | None = None  # None: on for CUDA
+    batch_size: int | None = None
+    amp: bool | None = None
+    channels_last: bool | None = None
 
     @property
     def crops_per_forward(self) -> int:
@@ -157,24 +182,34 @@ class Runtime:
         return 8 if self.device.type == "cuda" else 1
 
     @property
+    def memory_format(self) -> torch.memory_format:
+        on = self.device.type == "cuda" if self.channels_last is None else bool(self.channels_last)
+        return torch.channels_last if on else torch.contiguous_format
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """float16 on CUDA (unless ``amp=False``), bfloat16 on CPU only when ``amp=True``, else None."""
+        kind = self.device.type
+        if self.amp is False or (self.amp is None and kind != "cuda"):
+            return None
+        return {"cuda": torch.float16, "cpu": torch.bfloat16}.get(kind)
+
+    @property
     def use_amp(self) -> bool:
-        return self.device.type == "cuda" if self.amp is None else bool(self.amp and self.device.type == "cuda")
+        return self.autocast_dtype is not None
 
 
 def forward_batch(model: nn.Module, x: torch.Tensor, rt: Runtime) -> torch.Tensor:
-    """Logits (float32) of a (B, 3, h, w) batch, checked to be at input resolution."""
-    if rt.device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        if rt.use_amp:
-            with torch.autocast("cuda", dtype=torch.float16):
-                out = model(x)
-        else:
-            out = model(x)
+    """Logits (float32) of a (B, 3, h, w) batch in ``rt``'s memory format and autocast, checked for size."""
+    x = x.contiguous(memory_format=rt.memory_format)
+    dtype = rt.autocast_dtype
+    amp = torch.autocast(rt.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    with torch.inference_mode(), amp:
+        out = model(x)
     if isinstance(out, (list, tuple)):
         out = out[-1]
     if out.dim() != 4 or out.shape[0] != x.shape[0] or out.shape[-2:] != x.shape[-2:]:
-        raise ValueError(
+        raise WeightsFileError(
             f"model returned {tuple(out.shape)} for input {tuple(x.shape)}: expected (N, classes, h, w) logits "
             "at input resolution"
         )
@@ -187,15 +222,21 @@ def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
 
 
 def slide(
-    model: nn.Module, x: torch.Tensor, windows: tuple[Window, ...], rt: Runtime, fuse: str, flip: bool
+    model: nn.Module,
+    x: torch.Tensor,
+    windows: tuple[Window, ...],
+    rt: Runtime,
+    fuse: str,
+    flip: bool,
+    acc_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Run all windows of the (3, Hp, Wp) input in batches; return the count-averaged fused crop scores.
 
     ``fuse``: 'psp' (logits + flipped logits, then softmax), 'semseg' (mean of the softmaxes of the plain and
-    flipped pass) or 'logits' (raw logits; flip must be off).
+    flipped pass), 'softmax' or 'logits' (flip must be off). Sums and counts are kept in ``acc_dtype``.
     """
     acc: torch.Tensor | None = None
-    count = torch.zeros(1, x.shape[1], x.shape[2], dtype=torch.float32, device=x.device)
+    count = torch.zeros(1, x.shape[1], x.shape[2], dtype=acc_dtype, device=x.device)
     per_batch = max(1, rt.crops_per_forward // 2) if flip else rt.crops_per_forward
     for chunk in _chunks(list(windows), per_batch):
         crops = torch.stack([x[:, w.y0 : w.y1, w.x0 : w.x1] for w in chunk])
@@ -212,7 +253,7 @@ def slide(
             logits = forward_batch(model, crops, rt)
             scores = logits if fuse == "logits" else torch.softmax(logits, dim=1)
         if acc is None:
-            acc = torch.zeros(scores.shape[1], x.shape[1], x.shape[2], dtype=torch.float32, device=x.device)
+            acc = torch.zeros(scores.shape[1], x.shape[1], x.shape[2], dtype=acc_dtype, device=x.device)
         for w, s in zip(chunk, scores, strict=True):
             acc[:, w.y0 : w.y1, w.x0 : w.x1] += s
             count[:, w.y0 : w.y1, w.x0 : w.x1] += 1
@@ -227,6 +268,18 @@ def _image_tensor(image: np.ndarray | torch.Tensor, device: torch.device) -> tor
     return t.to(device).permute(2, 0, 1).to(dtype)
 
 
+def _average_augmentations(plans: list[ScalePlan], run: Callable[[ScalePlan], torch.Tensor]) -> torch.Tensor:
+    """One plan: its logits. Several (scales / flip): the mean of their softmaxes (mmseg TTA)."""
+    if len(plans) == 1:
+        return run(plans[0])
+    total: torch.Tensor | None = None
+    for p in plans:
+        prob = torch.softmax(run(p), dim=0)
+        total = prob if total is None else total + prob
+    assert total is not None
+    return total / len(plans)
+
+
 # ------------------------------------------------------------------------------------------- protocols
 
 
@@ -237,6 +290,7 @@ class Protocol:
     name: str = ""
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
+    uses_opencv: ClassVar[bool] = False  # resizes like cv2.resize (recorded in describe())
 
     def plan(self, h: int, w: int) -> list[ScalePlan]:
         raise NotImplementedError
@@ -247,6 +301,8 @@ class Protocol:
     def describe(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items()}
         d["scales"] = list(self.scales)
+        if self.uses_opencv:
+            d["resize_backend"] = cv2_backend()
         return d
 
     def with_options(self, scales: tuple[float, ...] | None = None, flip: bool | None = None) -> Protocol:
@@ -259,16 +315,71 @@ class Protocol:
 
 
 @dataclass(frozen=True)
-class PSPNetMatlab(Protocol):
-    name: str = "pspnet"
+class SlidingWindow(Protocol):
+    """The PSPNet / semseg procedure: per scale resize, pad to the crop, overlapping crops, resize back, average.
+
+    Subclasses give the scale rule (``resized_size``), where the padding goes (``pad_split``), the two
+    resizes, the flip fusion and the dtype the crop scores are summed in.
+    """
+
     base_size: int = 512
     crop: int = 473
     flip: bool = True
     stride_rate: float = 2 / 3
+    flip_fusion: ClassVar[str] = "psp"
+    acc_dtype: ClassVar[torch.dtype] = torch.float32
 
     @property
     def stride(self) -> int:
         return int(math.ceil(self.crop * self.stride_rate))
+
+    def resized_size(self, h: int, w: int, scale: float) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def pad_split(self, pad: int) -> tuple[int, int]:
+        """(before, after) of ``pad`` rows or columns."""
+        raise NotImplementedError
+
+    def resize_image(self, img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def resize_scores(self, score: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def plan(self, h: int, w: int) -> list[ScalePlan]:
+        plans = []
+        for s in self.scales:
+            nh, nw = self.resized_size(h, w, s)
+            ph, pw = max(nh, self.crop), max(nw, self.crop)
+            (top, bottom), (left, right) = self.pad_split(ph - nh), self.pad_split(pw - nw)
+            ys, xs = sliding_starts(ph, self.crop, self.stride), sliding_starts(pw, self.crop, self.stride)
+            wins = tuple(Window(y, y + self.crop, x, x + self.crop) for y in ys for x in xs)
+            plans.append(ScalePlan(s, (nh, nw), (ph, pw), (top, bottom, left, right), wins))
+        return plans
+
+    def predict(self, model: nn.Module, image: np.ndarray, prep: Preprocessing, rt: Runtime) -> torch.Tensor:
+        h, w = image.shape[:2]
+        img = _image_tensor(image, rt.device)
+        total: torch.Tensor | None = None
+        for p in self.plan(h, w):
+            top, bottom, left, right = p.pad
+            x = F.pad(prep.normalize(self.resize_image(img, p.resized)), (left, right, top, bottom))
+            fuse = self.flip_fusion if self.flip else "softmax"
+            score = slide(model, x, p.windows, rt, fuse, self.flip, self.acc_dtype)
+            score = self.resize_scores(score[:, top : top + p.resized[0], left : left + p.resized[1]], (h, w))
+            total = score if total is None else total + score
+        assert total is not None
+        return total / len(self.scales)
+
+
+@dataclass(frozen=True)
+class PSPNetMatlab(SlidingWindow):
+    name: str = "pspnet"
+    matlab_boundary: str = "symmetric"  # imresize's out-of-range taps: "symmetric" (newer MATLAB) | "replicate"
+
+    def __post_init__(self) -> None:
+        if self.matlab_boundary not in BOUNDARIES:
+            raise ValueError(f"matlab_boundary must be one of {', '.join(BOUNDARIES)}")
 
     def resized_size(self, h: int, w: int, scale: float) -> tuple[int, int]:
         long = self.base_size * scale + 1
@@ -278,43 +389,23 @@ class PSPNetMatlab(Protocol):
         short = round_half_away(r)
         return (long_i, short) if h > w else (short, long_i)
 
-    def plan(self, h: int, w: int) -> list[ScalePlan]:
-        plans = []
-        for s in self.scales:
-            nh, nw = self.resized_size(h, w, s)
-            ph, pw = max(nh, self.crop), max(nw, self.crop)
-            ys, xs = sliding_starts(ph, self.crop, self.stride), sliding_starts(pw, self.crop, self.stride)
-            wins = tuple(Window(y, y + self.crop, x, x + self.crop) for y in ys for x in xs)
-            plans.append(ScalePlan(s, (nh, nw), (ph, pw), (0, ph - nh, 0, pw - nw), wins))
-        return plans
+    def pad_split(self, pad: int) -> tuple[int, int]:
+        return 0, pad  # padarray(..., 'post')
 
-    def predict(self, model: nn.Module, image: np.ndarray, prep: Preprocessing, rt: Runtime) -> torch.Tensor:
-        h, w = image.shape[:2]
-        img = _image_tensor(image, rt.device)
-        total: torch.Tensor | None = None
-        for p in self.plan(h, w):
-            im = matlab_imresize(img, p.resized, uint8=True)
-            x = F.pad(prep.normalize(im), (0, p.pad[3], 0, p.pad[1]))
-            score = slide(model, x, p.windows, rt, "psp" if self.flip else "softmax", self.flip)
-            score = score[:, : p.resized[0], : p.resized[1]]
-            score = matlab_imresize(score, (h, w))
-            score = score / score.sum(0, keepdim=True)
-            total = score if total is None else total + score
-        assert total is not None
-        return total / len(self.scales)
+    def resize_image(self, img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return matlab_imresize(img, size, uint8=True, boundary=self.matlab_boundary)
+
+    def resize_scores(self, score: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        score = matlab_imresize(score, size, boundary=self.matlab_boundary)
+        return score / score.sum(0, keepdim=True)
 
 
 @dataclass(frozen=True)
-class Semseg(Protocol):
+class Semseg(SlidingWindow):
     name: str = "semseg"
-    base_size: int = 512
-    crop: int = 473
-    flip: bool = True
-    stride_rate: float = 2 / 3
-
-    @property
-    def stride(self) -> int:
-        return int(math.ceil(self.crop * self.stride_rate))
+    flip_fusion: ClassVar[str] = "semseg"
+    acc_dtype: ClassVar[torch.dtype] = torch.float64  # numpy float64 buffers in tool/test.py
+    uses_opencv: ClassVar[bool] = True
 
     def resized_size(self, h: int, w: int, scale: float) -> tuple[int, int]:
         long = round(scale * self.base_size)
@@ -322,32 +413,14 @@ class Semseg(Protocol):
             return long, round(long / float(h) * w)
         return round(long / float(w) * h), long
 
-    def plan(self, h: int, w: int) -> list[ScalePlan]:
-        plans = []
-        for s in self.scales:
-            nh, nw = self.resized_size(h, w, s)
-            pad_h, pad_w = max(self.crop - nh, 0), max(self.crop - nw, 0)
-            top, left = int(pad_h / 2), int(pad_w / 2)
-            ph, pw = nh + pad_h, nw + pad_w
-            ys, xs = sliding_starts(ph, self.crop, self.stride), sliding_starts(pw, self.crop, self.stride)
-            wins = tuple(Window(y, y + self.crop, x, x + self.crop) for y in ys for x in xs)
-            plans.append(ScalePlan(s, (nh, nw), (ph, pw), (top, pad_h - top, left, pad_w - left), wins))
-        return plans
+    def pad_split(self, pad: int) -> tuple[int, int]:
+        return int(pad / 2), pad - int(pad / 2)  # cv2.copyMakeBorder, centred
 
-    def predict(self, model: nn.Module, image: np.ndarray, prep: Preprocessing, rt: Runtime) -> torch.Tensor:
-        h, w = image.shape[:2]
-        img = _image_tensor(image, rt.device).float()
-        total: torch.Tensor | None = None
-        for p in self.plan(h, w):
-            x = prep.normalize(bilinear(img, p.resized))
-            top, bottom, left, right = p.pad
-            x = F.pad(x, (left, right, top, bottom))
-            score = slide(model, x, p.windows, rt, "semseg" if self.flip else "softmax", self.flip)
-            score = score[:, top : top + p.resized[0], left : left + p.resized[1]]
-            score = bilinear(score, (h, w))
-            total = score if total is None else total + score
-        assert total is not None
-        return total / len(self.scales)
+    def resize_image(self, img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return cv2_linear(img.float(), size)  # the dataset's float32 RGB image
+
+    def resize_scores(self, score: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return cv2_linear(score, size)
 
 
 def mmcv_rescale_size(h: int, w: int, scale: tuple[int, int]) -> tuple[int, int]:
@@ -364,6 +437,7 @@ class MMSegSlide(Protocol):
     stride: int = 513
     resize_scale: tuple[int, int] | None = (2048, 1024)
     flip: bool = False
+    uses_opencv: ClassVar[bool] = True
 
     def plan(self, h: int, w: int) -> list[ScalePlan]:
         plans = []
@@ -380,23 +454,15 @@ class MMSegSlide(Protocol):
 
     def predict(self, model: nn.Module, image: np.ndarray, prep: Preprocessing, rt: Runtime) -> torch.Tensor:
         h, w = image.shape[:2]
-        img = _image_tensor(image, rt.device).float()
-        plans = self.plan(h, w)
-        total: torch.Tensor | None = None
-        for p in plans:
-            im = img if p.resized == (h, w) else torch.floor(bilinear(img, p.resized) + 0.5).clamp(0, 255)
-            if p.flip:
-                im = im.flip(-1)
+        img = _image_tensor(image, rt.device)
+
+        def run(p: ScalePlan) -> torch.Tensor:
+            im = cv2_linear(img, p.resized, uint8=True).float()  # mmcv.imrescale of the uint8 image
+            im = im.flip(-1) if p.flip else im
             logits = slide(model, prep.normalize(im), p.windows, rt, "logits", False)
-            if p.flip:
-                logits = logits.flip(-1)
-            logits = bilinear(logits, (h, w))
-            if len(plans) == 1:
-                return logits
-            prob = torch.softmax(logits, dim=0)
-            total = prob if total is None else total + prob
-        assert total is not None
-        return total / len(plans)
+            return bilinear(logits.flip(-1) if p.flip else logits, (h, w))
+
+        return _average_augmentations(self.plan(h, w), run)
 
 
 @dataclass(frozen=True)
@@ -436,22 +502,14 @@ class Whole(Protocol):
     def predict(self, model: nn.Module, image: np.ndarray, prep: Preprocessing, rt: Runtime) -> torch.Tensor:
         h, w = image.shape[:2]
         img = _image_tensor(image, rt.device).float()
-        plans = self.plan(h, w)
-        total: torch.Tensor | None = None
-        for p in plans:
+
+        def run(p: ScalePlan) -> torch.Tensor:
             x = prep.normalize(bilinear(img, p.resized))
-            if p.flip:
-                x = x.flip(-1)
+            x = x.flip(-1) if p.flip else x
             logits = forward_batch(model, x[None], rt)[0]
-            if p.flip:
-                logits = logits.flip(-1)
-            logits = bilinear(logits, (h, w))
-            if len(plans) == 1:
-                return logits
-            prob = torch.softmax(logits, dim=0)
-            total = prob if total is None else total + prob
-        assert total is not None
-        return total / len(plans)
+            return bilinear(logits.flip(-1) if p.flip else logits, (h, w))
+
+        return _average_augmentations(self.plan(h, w), run)
 
 
 # ---------------------------------------------------------------------------------------------- presets

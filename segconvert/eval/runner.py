@@ -88,19 +88,22 @@ def evaluate(
     device: str | torch.device = "auto",
     batch_size: int | None = None,
     amp: bool | None = None,
+    channels_last: bool | None = None,
     limit: int | None = None,
     save_pred: str | Path | None = None,
     preprocessing: Preprocessing | None = None,
     progress: bool = True,
     on_image: Callable[[int, np.ndarray], None] | None = None,
 ) -> EvalResult:
-    """Predict every image with ``protocol`` and score it with the dataset's metric (accumulated on device)."""
+    """Predict every image with ``protocol`` and score it with the dataset's metric (accumulated on device).
+
+    ``batch_size``, ``amp`` and ``channels_last`` default by device (see :class:`Runtime`). The result's
+    ``info["timing"]`` separates loading, inference and metric seconds.
+    """
     dev = resolve_device(device)
     prep = preprocessing or Preprocessing.from_model(model)
-    model = model.eval().to(dev)
-    if dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    rt = Runtime(dev, batch_size, amp)
+    rt = Runtime(dev, batch_size, amp, channels_last)
+    model = model.eval().to(dev, memory_format=rt.memory_format)
     scorer = dataset.make_scorer(dev)
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     if n == 0:
@@ -153,6 +156,11 @@ def evaluate(
         split=dataset.split,
         protocol=protocol.describe(),
         device=str(dev),
+        runtime={
+            "crops_per_forward": rt.crops_per_forward,
+            "channels_last": rt.memory_format == torch.channels_last,
+            "autocast": str(rt.autocast_dtype).replace("torch.", "") if rt.autocast_dtype else None,
+        },
         timing={"seconds": elapsed, "images_per_second": n / elapsed if elapsed else None, **timer.total},
     )
     return result

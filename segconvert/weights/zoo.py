@@ -95,10 +95,11 @@ def validate(entry: dict[str, Any]) -> list[str]:
 def zoo_table() -> str:
     """One line per entry and one indented line per published score."""
     lines = []
+    width = max(len(n) for n in names())
     for e in entries():
         proto = e["protocol"]["name"] if e["protocol"] else "-"
         lines.append(
-            f"{e['name']:<34} {e['arch']:<20} {str(e['dataset'] or '-'):<11} protocol {proto:<12} "
+            f"{e['name']:<{width}} {e['arch']:<20} {str(e['dataset'] or '-'):<11} protocol {proto:<12} "
             f"files: {', '.join(f['name'].split('/')[-1] for f in e['files'][:2])}"
         )
         for s in e["scores"]:
