@@ -391,3 +391,20 @@ def test_fixture_meta_lists_the_cases_we_test():
     assert {n for n in names if n.startswith("interp_")} == set(INTERP_CASES)
     meta = json.loads((root / "pool_ave_k4s3_ceil_partial" / "meta.json").read_text())
     assert "ceil" in meta["description"]
+
+
+def test_caffe_pool_clip_applies_to_both_axes_when_either_is_padded():
+    """Caffe's pooling_layer.cpp clips the last window on both axes ``if (pad_h_ || pad_w_)``.
+
+    W = 12, kernel_w 2, stride_w 3, pad_w 0: ceil(10 / 3) + 1 = 5 columns, but with pad_h = 1 the clip rule
+    also runs on W: (5 - 1) * 3 = 12 >= 12 + 0, so Caffe keeps 4. Without pad_h it keeps 5.
+    """
+    x = torch.arange(2 * 7 * 12, dtype=torch.float32).reshape(1, 2, 7, 12)
+    both = CaffePool2d("max", (3, 2), (2, 3), (1, 0))
+    assert both.output_size(7, 12) == (4, 4)
+    assert tuple(both(x).shape[-2:]) == (4, 4)
+    alone = CaffePool2d("max", (3, 2), (2, 3), (0, 0))
+    assert alone.output_size(7, 12) == (3, 5)
+    # the kept columns start at 0, 3, 6, 9: max over columns {c, c+1} of the last row of each window
+    y = both(x)
+    assert y[0, 0, 0, :].tolist() == [13.0, 16.0, 19.0, 22.0]

@@ -1,7 +1,12 @@
-"""``segconvert caffe2torch``: a released DeepLab-v2 / PSPNet prototxt + caffemodel to PyTorch weights."""
+"""``segconvert caffe2torch``: a Caffe prototxt + caffemodel to PyTorch weights.
+
+DeepLab-v2 / PSPNet nets map onto the named reference models; any other net of supported layers (or any net
+with ``--generic``) goes through the generic path, which can also write the model's readable source.
+"""
 
 from __future__ import annotations
 
+import keyword
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +26,9 @@ def convert_caffe_files(
     parity_case: Path | None = None,
     progress: bool = False,
     build_model: bool = False,
+    generic: bool = False,
+    emit_source: Path | None = None,
+    class_name: str | None = None,
 ) -> dict[str, Any]:
     """The whole caffe2torch job; returns a report dict (also used by ``segconvert demo``)."""
     from segconvert.graph import load_net  # torch-free
@@ -31,14 +39,24 @@ def convert_caffe_files(
     net = load_net(prototxt, caffemodel)
     timings: dict[str, float] = {"read": time.perf_counter() - t0}
     t1 = time.perf_counter()
-    from segconvert.converters import convert_caffe_net  # torch is imported here
-    from segconvert.reference_models import create_model
-    from segconvert.weights.store import save_converted
+    from segconvert.reference_models import create_model  # torch is imported here
+    from segconvert.weights.store import atomic_write, save_converted
 
     timings["import"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    conv = convert_caffe_net(net, arch=arch)  # checks every blob used once, every target filled once
+    why_generic = "requested" if generic else "--emit-source" if emit_source is not None else None
+    conv, path = _convert(net, arch, why_generic)  # checks every blob used once, every target filled once
     timings["map"] = time.perf_counter() - t1
+    source_text = None
+    if emit_source is not None:
+        if emit_source.resolve() == output.resolve():
+            raise click.UsageError("--emit-source must differ from the weights file (-o)")
+        if class_name is not None and (not class_name.isidentifier() or keyword.iskeyword(class_name)):
+            raise click.BadParameter(f"{class_name!r} is not a Python identifier", param_hint="--class-name")
+        from segconvert.converters.caffe_codegen import emit_source as emit
+
+        class_name = class_name or (net.name if net.name.isidentifier() and not keyword.iskeyword(net.name) else "Net")
+        source_text = emit(conv.config, class_name, source=prototxt.name, weights_file=output.name)
     t2 = time.perf_counter()
     sources = source_hashes()
     timings["hash_wait"] = time.perf_counter() - t2
@@ -47,7 +65,7 @@ def convert_caffe_files(
         "config": conv.config,
         "num_classes": conv.config.get("num_classes"),
         "input_size": conv.config.get("input_size"),
-        "preprocessing": caffe_preprocessing(conv.arch),
+        "preprocessing": None if conv.arch == "caffe_generic" else caffe_preprocessing(conv.arch),
         "source": {"format": "caffe", "net_name": net.name, "files": sources},
         "conversion": {
             "skipped_layers": [list(s) for s in conv.skipped_layers],
@@ -56,7 +74,7 @@ def convert_caffe_files(
             "tensors": len(conv.state_dict),
         },
     }
-    report: dict[str, Any] = {"meta": meta, "net": net, "conversion": conv}
+    report: dict[str, Any] = {"meta": meta, "net": net, "conversion": conv, "path": path}
     if parity_case is not None or build_model:
         model = create_model(conv.arch, **conv.config)
         missing, unexpected = model.load_state_dict(conv.state_dict, strict=False)
@@ -83,11 +101,40 @@ def convert_caffe_files(
         report["parity"] = parity
     t4 = time.perf_counter()
     save_converted(output, conv.state_dict, meta, fmt=fmt, progress=progress)
+    if emit_source is not None:
+        atomic_write(emit_source, lambda tmp: Path(tmp).write_text(source_text))
+        report["source"] = (emit_source, class_name)
     timings["write"] = time.perf_counter() - t4
     timings["total"] = time.perf_counter() - t0
     report["timings"] = timings
     report["output"] = output
     return report
+
+
+def _convert(net: Any, arch: str | None, why_generic: str | None) -> tuple[Any, str]:
+    """The generic path when ``why_generic`` is given or the net is no DeepLab-v2 / PSPNet (unless ``arch`` names
+    one), else the named architecture; also says which path was taken and why."""
+    from segconvert.converters import convert_caffe_net, detect_caffe_arch
+    from segconvert.converters.caffe_generic import convert_caffe_generic
+
+    if why_generic:
+        if arch is not None:
+            raise click.UsageError("--arch names a reference model; --generic / --emit-source convert layer by layer")
+        return convert_caffe_generic(net), f"generic ({why_generic})"
+    if arch is None:
+        try:
+            detect_caffe_arch(net)
+        except ConversionError as exc:
+            try:
+                conv = convert_caffe_generic(net)
+            except ConversionError as gen:
+                raise ConversionError(
+                    f"not a DeepLab-v2 / PSPNet net ({exc.message}), and the generic path failed: {gen.message}",
+                    file=gen.file,
+                    layer=gen.layer,
+                ) from None
+            return conv, f"generic (not a DeepLab-v2 / PSPNet net: {exc.message})"
+    return convert_caffe_net(net, arch=arch), "named architecture (use --generic for one module per Caffe layer)"
 
 
 # Mean pixels (B, G, R) of the released Caffe models; inputs are 0-255 BGR with no std (SPEC 3.3, 4.3).
@@ -102,10 +149,13 @@ def caffe_preprocessing(arch: str) -> dict[str, Any]:
 def print_report(report: dict[str, Any]) -> None:
     conv, meta, t = report["conversion"], report["meta"], report["timings"]
     click.echo(f"architecture: {conv.arch}  {_short_config(conv.config)}")
+    if "path" in report:
+        click.echo(f"path: {report['path']}")
     click.echo(
         f"mapped {meta['conversion']['source_blobs']} source blobs onto {len(conv.state_dict)} tensors "
         f"({sum(v.numel() for v in conv.state_dict.values()):,} values); "
-        f"{len(conv.shared_copies)} MSC copy layers recognised as shared weights"
+        f"{len(conv.shared_copies)} {'MSC copy ' if conv.arch != 'caffe_generic' else ''}layers recognised "
+        "as shared weights"
     )
     if conv.skipped_layers:
         skipped = ", ".join(f"{name} ({ltype})" for name, ltype, _ in conv.skipped_layers)
@@ -113,7 +163,10 @@ def print_report(report: dict[str, Any]) -> None:
     for note in getattr(conv, "notes", []) or []:
         click.echo(f"note: {note}")
     pre = meta["preprocessing"]
-    click.echo(f"expects: {pre['channel_order']} input, 0-255, minus mean {pre['mean']}, std {pre['std']}")
+    if pre is None:
+        click.echo("expects: the net's own preprocessing (Caffe files do not record it; the metadata leaves it empty)")
+    else:
+        click.echo(f"expects: {pre['channel_order']} input, 0-255, minus mean {pre['mean']}, std {pre['std']}")
     if "parity" in report:
         click.echo(report["parity"].format(every=20))
     click.echo(
@@ -121,9 +174,15 @@ def print_report(report: dict[str, Any]) -> None:
         f"(read {t['read']:.2f}s, import torch {t['import']:.2f}s, map {t['map']:.2f}s, "
         f"waiting for sha256 {t['hash_wait']:.2f}s, write {t['write']:.2f}s)"
     )
+    if "source" in report:
+        path, class_name = report["source"]
+        click.echo(f"wrote {path}: class {class_name}, loads {report['output'].name} with load_state_dict")
 
 
 def _short_config(config: dict[str, Any]) -> str:
+    if "layers" in config:  # caffe_generic
+        ins = ", ".join(f"{i['name']} {i['shape']}" for i in config["inputs"])
+        return f"net {config['net_name']!r}: {len(config['layers'])} layers, inputs {ins}, outputs {config['outputs']}"
     keys = ("depth", "num_classes", "input_size", "stem", "stride_in", "msc", "bn_eps")
     return " ".join(f"{k}={config[k]}" for k in keys if k in config)
 
@@ -140,12 +199,45 @@ def _short_config(config: dict[str, Any]) -> str:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="A Caffe dump folder (input.npy, outputs.npz, meta.json) to check the converted model against.",
 )
+@click.option(
+    "--generic",
+    is_flag=True,
+    help="Convert layer by layer (one module per Caffe layer) even if the net is a DeepLab-v2 / PSPNet. "
+    "Nets that are not are converted this way anyway.",
+)
+@click.option(
+    "--emit-source",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the model's readable PyTorch source here (imports only torch); implies --generic.",
+)
+@click.option("--class-name", help="Class name in the --emit-source file (default: the net's name, else Net).")
 def caffe2torch(
-    prototxt: Path, caffemodel: Path, output: Path, arch: str | None, fmt: str | None, parity_case: Path | None
+    prototxt: Path,
+    caffemodel: Path,
+    output: Path,
+    arch: str | None,
+    fmt: str | None,
+    parity_case: Path | None,
+    generic: bool,
+    emit_source: Path | None,
+    class_name: str | None,
 ) -> None:
-    """Convert a DeepLab-v2 / PSPNet PROTOTXT + CAFFEMODEL to PyTorch weights with provenance metadata."""
+    """Convert a Caffe PROTOTXT + CAFFEMODEL to PyTorch weights with provenance metadata.
+
+    DeepLab-v2 / PSPNet nets become the named reference models; other nets of supported layers are converted
+    generically (see --generic).
+    """
     report = convert_caffe_files(
-        prototxt, caffemodel, output, arch=arch, fmt=fmt, parity_case=parity_case, progress=True
+        prototxt,
+        caffemodel,
+        output,
+        arch=arch,
+        fmt=fmt,
+        parity_case=parity_case,
+        progress=True,
+        generic=generic,
+        emit_source=emit_source,
+        class_name=class_name,
     )
     print_report(report)
     if "parity" in report and not report["parity"].ok:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .caffe_generic import CaffeGenericNet
 from .deeplab_v2 import ASPP, DeepLabV2, deeplab_msc_loss
 from .hooks import capture_outputs
 from .ops import CaffePool2d, FrozenBatchNorm2d, Interp, caffe_pool_out, interp_size
@@ -11,6 +12,7 @@ from .resnet import ResNet
 
 __all__ = [
     "ASPP",
+    "CaffeGenericNet",
     "CaffePool2d",
     "DeepLabV2",
     "FrozenBatchNorm2d",

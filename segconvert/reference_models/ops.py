@@ -110,13 +110,17 @@ class Interp(nn.Module):
 # --------------------------------------------------------------------------------------------- Pooling
 
 
-def caffe_pool_out(size: int, k: int, s: int, p: int = 0) -> int:
-    """Caffe pooled size: ceil((H + 2p - k) / s) + 1, minus one if the last window starts in the padding."""
+def caffe_pool_out(size: int, k: int, s: int, p: int = 0, any_pad: bool | None = None) -> int:
+    """Caffe pooled size: ceil((H + 2p - k) / s) + 1, minus one if the last window starts in the padding.
+
+    Caffe applies that clip on both axes as soon as *either* axis has a pad (``if (pad_h_ || pad_w_)``):
+    pass ``any_pad`` for a 2-D pooling; by default only this axis' pad counts.
+    """
     if k < 1 or s < 1 or p < 0:
         raise ValueError(f"bad pooling parameters k={k} s={s} p={p}")
     if size + 2 * p < k:
         raise ValueError(f"pooling kernel {k} larger than padded input {size}+2*{p}")
-    return caffe_pool_size(size, k, s, p, any_pad=p > 0)
+    return caffe_pool_size(size, k, s, p, any_pad=p > 0 if any_pad is None else any_pad)
 
 
 class CaffePool2d(nn.Module):
@@ -149,7 +153,8 @@ class CaffePool2d(nn.Module):
         if self.global_pooling:
             return 1, 1
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.pad
-        return caffe_pool_out(h, kh, sh, ph), caffe_pool_out(w, kw, sw, pw)
+        any_pad = ph > 0 or pw > 0  # Caffe clips both axes when either is padded
+        return caffe_pool_out(h, kh, sh, ph, any_pad), caffe_pool_out(w, kw, sw, pw, any_pad)
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]

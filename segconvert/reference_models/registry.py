@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from .caffe_generic import CaffeGenericNet, caffe_generic_config
 from .deeplab_v2 import DeepLabV2, deeplabv2_config
 from .pspnet import PSPNet, pspnet_config
 from .resnet import ResNet, resnet_config
@@ -69,6 +70,15 @@ register_model(
     pspnet_config,
     {"depth": 101, "num_classes": 21, "input_size": [473, 473], "stride_in": "3x3"},
     "PSPNet ResNet-101 (deep stem, dilated, pyramid pooling)",
+)
+
+# Generic Caffe nets (segconvert.converters.caffe_generic): the config is the net's layer list, no defaults.
+register_model(
+    "caffe_generic",
+    CaffeGenericNet,
+    caffe_generic_config,
+    {},
+    "Any Caffe net built from supported layers, one submodule per Caffe layer (generic conversion)",
 )
 
 

@@ -22,7 +22,15 @@ from segconvert import __version__
 from segconvert.errors import WeightsFileError
 from segconvert.weights.provenance import sha256_file, source_entry
 
-__all__ = ["save_converted", "read_metadata", "load_model", "write_safetensors", "sha256_file", "source_entry"]
+__all__ = [
+    "atomic_write",
+    "save_converted",
+    "read_metadata",
+    "load_model",
+    "write_safetensors",
+    "sha256_file",
+    "source_entry",
+]
 
 META_KEY = "segconvert"
 FORMATS = ("safetensors", "pth")
@@ -32,7 +40,8 @@ def _canonical(meta: Mapping[str, Any]) -> str:
     return json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it over ``path`` (no partial files)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -81,7 +90,7 @@ def save_converted(
                 torch.save({"state_dict": tensors, META_KEY: text}, fh)
             digest["sha256"] = sha256_file(tmp)
 
-    _atomic_write(path, write_weights)
+    atomic_write(path, write_weights)
     sidecar = {
         **meta,
         "weights_file": {"path": path.name, "format": fmt, "sha256": digest["sha256"]},
@@ -90,7 +99,7 @@ def save_converted(
         },
     }
     side_text = json.dumps(sidecar, sort_keys=True, indent=1, allow_nan=False) + "\n"
-    _atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(side_text))
+    atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(side_text))
     return path
 
 
