@@ -92,3 +92,25 @@ def test_an_incomplete_dump_is_an_error_not_a_pass(tmp_path, missing):
             (dump / name).symlink_to(root / name)
     res = _run_suite(tmp_path, *_caffe_options(root), "--caffe-dump", str(dump), "-k", "layer_by_layer")
     assert res.returncode == 1 and missing in res.stdout, res.stdout[-2000:]
+
+
+def test_layer_case_suite_runs_every_fixture_case_and_catches_a_wrong_output(tmp_path):
+    root = fixture_path("caffe", "layers")
+    res = _run_suite(tmp_path, "--caffe-layer-cases", str(root), "-k", "layer_case")
+    n_cases = sum(1 for p in root.iterdir() if (p / "net.prototxt").is_file())
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert f"{n_cases} passed" in res.stdout.splitlines()[-1], res.stdout.splitlines()[-1]
+    # a case whose recorded Caffe output is off by 1e-4 x its magnitude at one position fails, naming the key
+    cases = tmp_path / "cases"
+    case = cases / "interp_zoom2"
+    case.mkdir(parents=True)
+    for name in ("net.prototxt", "weights.caffemodel", "input.npy"):
+        if (root / "interp_zoom2" / name).exists():
+            (case / name).symlink_to(root / "interp_zoom2" / name)
+    outputs = dict(np.load(root / "interp_zoom2" / "outputs.npz"))
+    key = next(k for k in outputs if k.startswith("interp"))
+    outputs[key] = outputs[key].copy()
+    outputs[key].flat[7] += 1e-4 * np.abs(outputs[key]).max()
+    np.savez(case / "outputs.npz", **outputs)
+    res = _run_suite(tmp_path, "--caffe-layer-cases", str(cases), "-k", "layer_case")
+    assert res.returncode == 1 and key in res.stdout, res.stdout[-3000:]

@@ -19,10 +19,19 @@ def load_caffe(prototxt: Path, caffemodel: Path | None) -> Any:
 
 @functools.cache
 def convert(prototxt: Path, caffemodel: Path, arch: str | None) -> Any:
-    """The named-architecture conversion (``caffe2torch``'s default path)."""
-    from segconvert.converters import convert_caffe_net
+    """What ``caffe2torch`` does: the named architecture when detected (or ``arch`` given), else generic."""
+    from segconvert.converters import convert_caffe_generic, convert_caffe_net, detect_caffe_arch
+    from segconvert.errors import ConversionError
 
-    return convert_caffe_net(load_caffe(prototxt, caffemodel), arch=arch)
+    net = load_caffe(prototxt, caffemodel)
+    if arch == "caffe_generic":
+        return convert_caffe_generic(net)
+    if arch is None:
+        try:
+            detect_caffe_arch(net)
+        except ConversionError:
+            return convert_caffe_generic(net)
+    return convert_caffe_net(net, arch=arch)
 
 
 def load_dump(folder: Path, net: Any) -> tuple[np.ndarray, Any, dict[str, Any]]:
