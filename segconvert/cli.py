@@ -58,7 +58,9 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: typed errors become one line on stderr and exit status 2."""
     try:
-        cli.main(args=argv, prog_name="segconvert", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="segconvert", standalone_mode=False)
+        if isinstance(code, int) and code:  # click returns an Exit's code instead of exiting here
+            sys.exit(code)
     except SegconvertError as exc:
         click.echo(f"error: {exc.one_line()}", err=True)
         sys.exit(2)

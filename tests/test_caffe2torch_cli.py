@@ -130,3 +130,29 @@ def test_demo_runs_the_whole_path(tmp_path):
     assert "4. ran the converted model: (1, 3, 473, 473) -> (1, 150, 473, 473)" in res.stdout
     model = segconvert.load_model(tmp_path / "pspnet50_473.safetensors")
     assert model.segconvert_meta["arch"] == "pspnet50"
+
+
+def test_a_command_ending_in_click_exit_1_gives_status_1(tmp_path):
+    """``caffe2torch --parity`` over tolerance raises click's Exit(1): the process must exit 1, not 0."""
+    import numpy as np
+
+    from segconvert.testing import fixture_path
+
+    root = fixture_path("caffe", "deeplab_v2_resnet101_single")
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    for name in ("input.npy", "meta.json"):
+        (dump / name).symlink_to(root / name)
+    outputs = {k: v * 1.5 for k, v in np.load(root / "outputs.npz").items()}  # every reference off by 50%
+    np.savez(dump / "outputs.npz", **outputs)
+    res = run(
+        "caffe2torch",
+        str(root / "net.prototxt"),
+        str(root / "weights.caffemodel"),
+        "-o",
+        str(tmp_path / "x.safetensors"),
+        "--parity",
+        str(dump),
+    )
+    assert res.returncode == 1, (res.returncode, res.stdout[-2000:], res.stderr[-2000:])
+    assert "FIRST DIVERGENCE" in res.stdout

@@ -1,0 +1,509 @@
+"""``segconvert verify``: check converted weights against independent runtimes running the *source* files.
+
+Runtimes, each used when available: pycaffe (if importable) and OpenCV dnn for Caffe prototxt + caffemodel
+(per layer, through the conversion's tap map), TensorFlow for TF checkpoints (every checkpoint tensor as TF
+reads it against the converted tensor), onnxruntime for an exported ONNX file (final output). The input is a
+user image or a seeded synthetic image with the model's preprocessing (metadata). The report says which
+runtimes ran, which were not available and why, and which layers no runtime could check.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from segconvert.errors import SegconvertError
+
+# Outputs kept for the per-layer comparison (ours + one reference); bigger nets compare an even subset.
+MEMORY_BUDGET = 2 << 30
+FIRST_TOLERANCE = 1e-4  # relative tolerance at the first compared layer (grows geometrically with depth)
+DEFAULT_TOLERANCE = 2e-3  # at the last layer: float32 rounding through ResNet-101 (fixtures README)
+ONNX_TOLERANCE = 1e-4
+
+
+@dataclass
+class RuntimeUse:
+    """One runtime: used (with a parity report) or not available (with the reason)."""
+
+    name: str
+    version: str | None = None
+    used: bool = False
+    what: str = ""  # what it checked ("205 layers", "final output", "320 checkpoint tensors")
+    reason: str = ""  # why it was not used
+    report: Any = None  # ParityReport
+
+    def label(self) -> str:
+        return f"{self.name} {self.version}" if self.version else self.name
+
+
+@dataclass
+class VerifyResult:
+    weights: Path
+    arch: str
+    input_desc: str
+    runtimes: list[RuntimeUse] = field(default_factory=list)
+    unchecked: list[tuple[str, str]] = field(default_factory=list)  # (layer, reason) no runtime could check
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def compared(self) -> int:
+        return sum(len(r.report.rows) for r in self.runtimes if r.used and r.report is not None)
+
+    @property
+    def ok(self) -> bool:
+        return self.compared > 0 and all(r.report.ok for r in self.runtimes if r.used and r.report is not None)
+
+    def first_failure(self) -> tuple[str, Any] | None:
+        for r in self.runtimes:
+            if r.used and r.report is not None and r.report.first_failure is not None:
+                return r.label(), r.report.first_failure
+        return None
+
+    def summary(self) -> list[str]:
+        used = [f"{r.label()} ({r.what})" for r in self.runtimes if r.used]
+        missing = [f"{r.label()} ({r.reason})" for r in self.runtimes if not r.used]
+        lines = [
+            f"runtimes used: {', '.join(used) or 'none'}"
+            + (f"; not available: {', '.join(missing)}" if missing else "")
+        ]
+        if self.unchecked:
+            lines.append(f"layers no runtime could check ({len(self.unchecked)}):")
+            lines += [f"  {name}: {why}" for name, why in self.unchecked]
+        else:
+            lines.append("layers no runtime could check: none")
+        bad = self.first_failure()
+        if self.compared == 0:
+            lines.append("result: NOTHING CHECKED (no runtime could compare anything)")
+        elif bad is None:
+            lines.append(f"result: OK, {self.compared} comparisons within tolerance")
+        else:
+            runtime, row = bad
+            lines.append(
+                f"result: FAILED, first layer over tolerance: {row.name} ({row.type}) against {runtime}, "
+                f"relative {row.rel:.3e} > {row.tolerance:.1e}"
+            )
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        bad = self.first_failure()
+        return {
+            "weights": str(self.weights),
+            "arch": self.arch,
+            "input": self.input_desc,
+            "ok": self.ok,
+            "compared": self.compared,
+            "first_failure": None if bad is None else {"runtime": bad[0], "layer": bad[1].name, "type": bad[1].type},
+            "runtimes": [
+                {
+                    "name": r.name,
+                    "version": r.version,
+                    "used": r.used,
+                    "what": r.what,
+                    "reason": r.reason,
+                    "report": r.report.to_dict() if r.report is not None else None,
+                }
+                for r in self.runtimes
+            ],
+            "unchecked_layers": [{"layer": n, "reason": w} for n, w in self.unchecked],
+            "notes": self.notes,
+        }
+
+
+# ------------------------------------------------------------------------------------------- sources
+
+
+def classify_sources(paths: Sequence[Path]) -> dict[str, Path]:
+    """``{"prototxt", "caffemodel", "checkpoint", "keras"}`` -> path, by suffix (a TF checkpoint is its prefix)."""
+    kinds: dict[str, Path] = {}
+
+    def put(kind: str, p: Path) -> None:
+        if kind in kinds:
+            raise SegconvertError(f"two {kind} files given ({kinds[kind].name}, {p.name})", file=p)
+        kinds[kind] = p
+
+    for p in paths:
+        suffix = p.suffix.lower()
+        if suffix in (".prototxt", ".pbtxt"):
+            put("prototxt", p)
+        elif suffix == ".caffemodel":
+            put("caffemodel", p)
+        elif suffix in (".h5", ".hdf5", ".keras"):
+            put("keras", p)
+        elif suffix == ".index" or p.name.endswith(".data-00000-of-00001"):
+            put("checkpoint", p.with_suffix("") if suffix == ".index" else Path(str(p).split(".data-")[0]))
+        elif p.with_name(p.name + ".index").is_file() or (p.is_file() and suffix in (".ckpt",)):
+            put("checkpoint", p)
+        else:
+            raise SegconvertError(
+                "unknown source file type (expected .prototxt + .caffemodel, a TF checkpoint prefix, or .h5)", file=p
+            )
+    if ("prototxt" in kinds) != ("caffemodel" in kinds):
+        raise SegconvertError("a Caffe source needs both the .prototxt and the .caffemodel")
+    return kinds
+
+
+def _hash_notes(meta: dict[str, Any], paths: Sequence[Path]) -> list[str]:
+    from segconvert.weights.store import sha256_file
+
+    recorded = {f.get("path"): f.get("sha256") for f in (meta.get("source") or {}).get("files", [])}
+    notes = []
+    for p in paths:
+        if p.is_file() and p.name in recorded and recorded[p.name] and sha256_file(p) != recorded[p.name]:
+            notes.append(f"{p.name} differs from the file that was converted (sha256 mismatch)")
+    return notes
+
+
+# -------------------------------------------------------------------------------------------- Caffe
+
+
+def _caffe_taps(net: Any, arch: str) -> dict[str, Any]:
+    """The conversion's tap map (blob or layer -> Tap), rebuilt from the prototxt alone."""
+    if arch == "caffe_generic":
+        from segconvert.converters.caffe_generic import convert_caffe_generic
+
+        return convert_caffe_generic(net, require_weights=False).tap_map
+    from segconvert.converters import convert_caffe_net
+
+    return convert_caffe_net(net, arch=arch, require_weights=False).tap_map
+
+
+def _depths(net: Any) -> dict[str, int]:
+    """Each layer's depth: the longest chain of layers from the input to its output (MSC branches: per branch)."""
+    blob: dict[str, int] = {}
+    out: dict[str, int] = {}
+    for layer in net.layers:
+        d = 1 + max((blob.get(b, 0) for b in layer.bottoms), default=0)
+        out[layer.name] = d
+        for top in layer.tops:
+            blob[top] = d
+    return out
+
+
+def _budget(taps: list[tuple[str, Any]], sizes: dict[str, int], budget: int) -> list[tuple[str, Any]]:
+    """An even subset of ``taps`` (always the last) whose outputs fit ``budget`` bytes twice (ours + reference)."""
+    total = sum(sizes.get(k, 0) for k, _ in taps)
+    if 2 * total <= budget or len(taps) < 3:
+        return taps
+    keep = max(2, int(len(taps) * budget / (2 * total)))
+    idx = sorted({round(i * (len(taps) - 1) / (keep - 1)) for i in range(keep)})
+    return [taps[i] for i in idx]
+
+
+def _pycaffe(
+    prototxt: Path, caffemodel: Path, x: np.ndarray, blobs: dict[str, str]
+) -> tuple[dict[str, np.ndarray], str]:
+    """Run real Caffe (pycaffe); return {layer: final value of its blob} for ``blobs`` (layer -> blob)."""
+    import caffe  # type: ignore[import-not-found]
+
+    caffe.set_mode_cpu()
+    net = caffe.Net(str(prototxt), str(caffemodel), caffe.TEST)
+    name = net.inputs[0]
+    net.blobs[name].reshape(*x.shape)
+    net.blobs[name].data[...] = x
+    net.forward()
+    out = {layer: np.array(net.blobs[blob].data) for layer, blob in blobs.items() if blob in net.blobs}
+    return out, str(getattr(caffe, "__version__", ""))
+
+
+def _pycaffe_status() -> str | None:
+    """None when pycaffe can be imported, else why not."""
+    if importlib.util.find_spec("caffe") is None:
+        return "not importable"
+    try:
+        import caffe  # type: ignore[import-not-found]  # noqa: F401
+    except Exception as exc:  # a broken build
+        return f"import failed: {type(exc).__name__}"
+    return None
+
+
+def verify_caffe(
+    model: Any,
+    meta: dict[str, Any],
+    prototxt: Path,
+    caffemodel: Path,
+    x: np.ndarray,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    budget: int = MEMORY_BUDGET,
+) -> tuple[list[RuntimeUse], list[tuple[str, str]], list[str]]:
+    """Per-layer comparison of ``model`` with pycaffe and OpenCV dnn running the source files.
+
+    Returns (runtimes, layers no runtime could check, notes).
+    """
+    import torch
+
+    from segconvert.graph import load_net
+    from segconvert.parity.opencv_runtime import net_input, opencv_run, opencv_version
+    from segconvert.parity.report import ParityReport, compare
+    from segconvert.reference_models import capture_outputs
+
+    declared = load_net(prototxt)
+    input_name, _ = net_input(declared)
+    net = load_net(prototxt, input_shapes={input_name: tuple(x.shape)} if input_name in declared.inputs else None)
+    taps = _caffe_taps(net, meta["arch"])
+    layers = {layer.name: layer for layer in net.layers}
+    order = {layer.name: i for i, layer in enumerate(net.layers)}
+    items = sorted(((k, t) for k, t in taps.items() if t.layer in layers), key=lambda kv: (order[kv[1].layer], kv[0]))
+    sizes = {}
+    for k, t in items:
+        shape = layers[t.layer].output_shapes[0] if layers[t.layer].output_shapes else None
+        sizes[k] = 4 * math.prod(shape) if shape else 0
+    chosen = _budget(items, sizes, budget)
+    notes = []
+    if len(chosen) < len(items):
+        notes.append(f"compared {len(chosen)} of {len(items)} mapped layers (outputs kept under {budget >> 30} GiB)")
+    _, ours = capture_outputs(model, torch.from_numpy(x), {k: (t.module, t.call) for k, t in chosen})
+    last_writer: dict[str, str] = {}  # blob -> last layer writing it (pycaffe only keeps final values)
+    for layer in net.layers:
+        for top in layer.tops:
+            last_writer[top] = layer.name
+
+    depth = _depths(net)
+    deepest = max((depth[t.layer] for _, t in chosen), default=1) or 1
+    first = min(FIRST_TOLERANCE, tolerance)
+
+    def report(source: str, refs: dict[str, np.ndarray]) -> Any:
+        rep = ParityReport(source=source)
+        for k, t in chosen:
+            if t.layer in refs:
+                tol = first * (tolerance / first) ** (depth[t.layer] / deepest)  # rounding grows with depth
+                rep.rows.append(compare(t.layer, layers[t.layer].type, ours[k].numpy(), refs[t.layer], tolerance=tol))
+        return rep
+
+    runtimes: list[RuntimeUse] = []
+    checked: set[str] = set()
+    why_not: dict[str, str] = {}
+    # pycaffe
+    status = _pycaffe_status()
+    use = RuntimeUse("pycaffe", reason=status or "")
+    if status is None:
+        blobs = {
+            t.layer: layers[t.layer].tops[0]
+            for _, t in chosen
+            if layers[t.layer].tops and last_writer.get(layers[t.layer].tops[0]) == t.layer
+        }
+        try:
+            refs, version = _pycaffe(prototxt, caffemodel, x, blobs)
+            use.version, use.used, use.what = version or None, True, f"{len(refs)} layers"
+            use.report = report("pycaffe", refs)
+            checked.update(refs)
+        except Exception as exc:
+            use.reason = f"failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    runtimes.append(use)
+    # OpenCV dnn
+    version = opencv_version()
+    use = RuntimeUse("opencv-dnn", version=version)
+    if version is None:
+        use.reason = "not installed (pip install 'segconvert[parity]')"
+    else:
+        try:
+            res = opencv_run(prototxt, caffemodel, x, layers=[t.layer for _, t in chosen], input_name=input_name)
+            use.used, use.what = True, f"{len(res.outputs)} layers"
+            use.report = report("opencv-dnn", res.outputs)
+            checked.update(res.outputs)
+            why_not.update(dict(res.unchecked))
+            if res.rewrites:
+                kinds = sorted({r.split(" ")[0] for _, r in res.rewrites})
+                notes.append(f"OpenCV ran a rewritten twin of the net ({len(res.rewrites)} layers: {', '.join(kinds)})")
+        except SegconvertError as exc:
+            use.reason = f"failed: {exc.message}"
+    runtimes.append(use)
+    unchecked = []
+    for _, t in chosen:
+        if t.layer not in checked and t.layer not in {n for n, _ in unchecked}:
+            unchecked.append((t.layer, why_not.get(t.layer, "no reference runtime available for it")))
+    return runtimes, unchecked, notes
+
+
+# ---------------------------------------------------------------------------------------- TensorFlow
+
+
+def verify_tf_checkpoint(model: Any, meta: dict[str, Any], prefix: Path) -> tuple[RuntimeUse, list[tuple[str, str]]]:
+    """Every checkpoint tensor as TensorFlow reads it, in PyTorch layout, against the converted tensor."""
+    from segconvert.parity.report import ParityReport, compare
+
+    use = RuntimeUse("tensorflow")
+    try:
+        import tensorflow as tf
+    except ImportError:
+        use.reason = "not installed (pip install 'segconvert[parity]')"
+        return use, [("all layers", "TensorFlow is not installed")]
+    from segconvert.converters.slim import convert_slim
+
+    cfg = meta.get("config", {})
+    conv = convert_slim(
+        prefix,
+        arch=meta["arch"] if meta["arch"] in ("resnet", "pspnet50", "pspnet101") else "auto",
+        output_stride=cfg.get("output_stride"),
+        bn_eps=cfg.get("bn_eps", 1e-5),
+        classifier=bool(cfg.get("num_classes")) and meta["arch"] == "resnet",
+        stride_in=cfg.get("stride_in"),
+    )
+    reader = tf.train.load_checkpoint(str(prefix))
+    state = model.state_dict()
+    rep = ParityReport(source=f"TensorFlow {tf.__version__} checkpoint reader")
+    for key, src in conv.sources.items():
+        if src.startswith("<") or key not in state:
+            continue
+        value = np.asarray(reader.get_tensor(src), dtype=np.float64)
+        if value.ndim == 4:
+            value = value.transpose(3, 2, 0, 1)
+        elif value.ndim == 2:
+            value = value.T
+        row = compare(key, "tensor", state[key].detach().cpu().numpy(), value, tolerance=0.0)
+        row.note = src if not row.ok else ""
+        rep.rows.append(row)
+    use.version, use.used, use.report = tf.__version__, True, rep
+    use.what = f"{len(rep.rows)} checkpoint tensors"
+    return use, [("every layer's output", "the checkpoint has no graph: TensorFlow checked the tensors only")]
+
+
+# -------------------------------------------------------------------------------------------- ONNX
+
+
+def verify_onnx(model: Any, onnx_path: Path, x: np.ndarray) -> RuntimeUse:
+    """onnxruntime on the exported file against the converted model (final output)."""
+    from segconvert.parity.report import LayerParity, ParityReport
+
+    use = RuntimeUse("onnxruntime")
+    try:
+        import onnxruntime
+    except ImportError:
+        use.reason = "not installed (pip install 'segconvert[export]')"
+        return use
+    from segconvert.export.onnx import check_onnx
+
+    use.version = onnxruntime.__version__
+    try:
+        check = check_onnx(onnx_path, model, x, tolerance=ONNX_TOLERANCE)
+    except SegconvertError as exc:
+        use.reason = f"failed: {exc.message}"
+        return use
+    rep = ParityReport(source=f"onnxruntime {use.version}: {onnx_path.name}")
+    note = check.note
+    if check.float32_floor is not None:
+        note = f"fp32 floor {check.float32_floor:.2e}, vs fp64 {check.rel_to_float64:.2e}; {note}".strip("; ")
+    rep.rows.append(
+        LayerParity(
+            "output", "ONNX", check.shape, check.max_abs, check.absmax, check.rel, check.cosine,
+            check.tolerance, check.ok, note,
+        )
+    )  # fmt: skip
+    use.used, use.what, use.report = True, "final output", rep
+    return use
+
+
+# -------------------------------------------------------------------------------------------- driver
+
+
+def verify_conversion(
+    weights: Path,
+    sources: Sequence[Path] = (),
+    *,
+    onnx: Path | None = None,
+    image: Path | None = None,
+    input_size: Sequence[int] | None = None,
+    seed: int = 0,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> VerifyResult:
+    """Run every available runtime; see the module docstring."""
+    from segconvert.parity.inputs import default_input_size, model_input
+    from segconvert.weights.store import load_model
+
+    kinds = classify_sources(sources)
+    if not kinds and onnx is None:
+        raise SegconvertError("nothing to verify against: give the source files and/or --onnx FILE")
+    model = load_model(weights)
+    meta = model.segconvert_meta
+    size = list(input_size) if input_size else default_input_size(meta)
+    x = model_input(meta, image=image, size=size, seed=seed)
+    pre = meta.get("preprocessing") or {}
+    what = f"image {image.name}" if image is not None else f"synthetic image (seed {seed})"
+    desc = f"{what}, {'x'.join(map(str, x.shape))}, " + (
+        f"{pre.get('channel_order')} minus mean {pre.get('mean')}, std {pre.get('std')}" if pre else "raw pixels"
+    )
+    result = VerifyResult(weights, meta["arch"], desc, notes=_hash_notes(meta, sources))
+    if "prototxt" in kinds:
+        runtimes, unchecked, notes = verify_caffe(
+            model, meta, kinds["prototxt"], kinds["caffemodel"], x, tolerance=tolerance
+        )
+        result.runtimes += runtimes
+        result.unchecked += unchecked
+        result.notes += notes
+    if "checkpoint" in kinds:
+        use, unchecked = verify_tf_checkpoint(model, meta, kinds["checkpoint"])
+        result.runtimes.append(use)
+        result.unchecked += unchecked
+    if "keras" in kinds:
+        result.runtimes.append(
+            RuntimeUse("tensorflow/keras", reason="a Keras weights file has no graph; it needs the model's code to run")
+        )
+        result.unchecked.append(("every layer", "no runtime can run a weights-only Keras file"))
+    if onnx is not None:
+        result.runtimes.append(verify_onnx(model, onnx, x))
+    return result
+
+
+def print_result(result: VerifyResult) -> None:
+    click.echo(f"verify {result.weights.name}: {result.arch}; input: {result.input_desc}")
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    for r in result.runtimes:
+        if r.used and r.report is not None:
+            every = max(1, len(r.report.rows) // 25)
+            click.echo(r.report.format(every=every))
+    for line in result.summary():
+        click.echo(line)
+
+
+@click.command()
+@click.argument("weights", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("sources", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--onnx", "onnx_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Default: synthetic.")
+@click.option("--input-size", nargs=2, type=int, default=None, metavar="H W", help="Default: the model's.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic input image.")
+@click.option(
+    "--tolerance",
+    type=float,
+    default=DEFAULT_TOLERANCE,
+    show_default=True,
+    help="Allowed max|d| / max|ref| at the last layer (1e-4 at the first, geometric in between).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def verify(
+    weights: Path,
+    sources: tuple[Path, ...],
+    onnx_file: Path | None,
+    image: Path | None,
+    input_size: tuple[int, int] | None,
+    seed: int,
+    tolerance: float,
+    as_json: bool,
+) -> None:
+    """Check converted WEIGHTS against independent runtimes running the SOURCES they came from.
+
+    SOURCES: the Caffe .prototxt and .caffemodel, a TF checkpoint prefix, or a Keras .h5. Exits 1 when a
+    compared layer is over tolerance or nothing could be compared.
+    """
+    for p in sources:
+        if not p.exists() and not p.with_name(p.name + ".index").exists():
+            raise SegconvertError("no such file", file=p)
+    result = verify_conversion(
+        weights, list(sources), onnx=onnx_file, image=image, input_size=input_size, seed=seed, tolerance=tolerance
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=1, default=float))
+    else:
+        print_result(result)
+    if not result.ok:
+        sys.exit(1)  # (click.exceptions.Exit is swallowed by cli.main with standalone_mode=False)
