@@ -130,6 +130,12 @@ def test_demo_runs_the_whole_path(tmp_path):
     assert "4. ran the converted model: (1, 3, 473, 473) -> (1, 150, 473, 473)" in res.stdout
     model = segconvert.load_model(tmp_path / "pspnet50_473.safetensors")
     assert model.segconvert_meta["arch"] == "pspnet50"
+    # with the parity extra (OpenCV dnn: CI has it) the demo checks every mapped layer against it
+    pytest.importorskip("cv2")
+    assert "5. parity against opencv-dnn" in res.stdout
+    assert "OK: every layer within tolerance" in res.stdout
+    compared = int(res.stdout.split("parity against opencv-dnn: ")[1].split(" layers")[0])
+    assert compared > 80  # all 2-3 taps per residual unit of the PSPNet50 and the head
 
 
 def test_a_command_ending_in_click_exit_1_gives_status_1(tmp_path):
