@@ -370,3 +370,16 @@ def test_mixed_padding_pooling_exports_with_caffe_clip_on_both_axes(tmp_path):
         for w in (12, 13) if dynamic else (12,):
             xw = torch.randn(1, 2, 7, w)
             np.testing.assert_array_equal(sess.run(None, {"input": xw.numpy()})[0], model(xw).numpy())
+
+
+def test_the_pinned_onnx_writes_what_the_pinned_onnxruntime_loads():
+    """A model built with onnx's own defaults (its newest IR and opset) loads and runs in onnxruntime."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"x": np.array([-1.0, 2.0], np.float32)})[0]
+    assert out.tolist() == [0.0, 2.0]
