@@ -5,14 +5,16 @@ Every measurement runs in a fresh Python process:
 * **cold**: wall time of the whole child process (interpreter start, imports, open, every tensor to numpy),
   what a user pays for one ``segconvert`` call;
 * **warm**: time of opening and reading only, measured inside the child after the imports (files in the
-  page cache).
+  page cache); the child also reports the CPU time of that part (all its threads), which is less sensitive
+  than wall time to other load on the machine.
 
 Rows: ``segconvert`` (default: every tensor's checksum verified, so every byte is read), ``segconvert
 verify=False`` (zero-copy views of the memory map, nothing read until used) and ``tensorflow``
 (``get_tensor`` of every variable, which reads, checks the CRC and copies). Memory comes from a separate
 run of each child that samples ``/proc/self/status`` (``VmHWM``; ``RssAnon`` every 2 ms, peak kept) and
-reports the peak anonymous memory both absolute and above the post-import baseline. Needs TensorFlow
-to write the checkpoints and for the baseline.
+reports the peak anonymous memory both absolute and above the post-import baseline. The readers take
+turns within every repetition, so a change of machine load hits them alike. Needs TensorFlow to write the
+checkpoints and for the baseline.
 
     python benchmarks/bench_tf_read.py [--size-mb 100] [--repeat 3] [--json]
 """
@@ -92,6 +94,7 @@ CHILD = textwrap.dedent(
         th = threading.Thread(target=sampler, daemon=True)
         th.start()
     T2 = time.perf_counter()
+    C2 = time.process_time()
     if reader == "tensorflow":
         r = tf.train.load_checkpoint(path)
         arrays = {k: r.get_tensor(k) for k in r.get_variable_to_shape_map()}
@@ -99,12 +102,13 @@ CHILD = textwrap.dedent(
         ck = open_checkpoint(path, verify=reader == "segconvert")
         arrays = {k: ck[k] for k in ck}
     T3 = time.perf_counter()
+    C3 = time.process_time()
     if sample:
         stop.set()
         th.join()
     peak[0] = max(peak[0], status("RssAnon:"))
     nbytes = sum(a.nbytes for a in arrays.values())
-    print(f"{T1 - T0} {T3 - T2} {nbytes} {status('VmHWM:')} {peak[0]} {base_anon}")
+    print(f"{T1 - T0} {T3 - T2} {C3 - C2} {nbytes} {status('VmHWM:')} {peak[0]} {base_anon}")
     """
 )
 
@@ -124,11 +128,12 @@ def run_child(reader: str, path: str, sample: bool) -> dict:
     wall = time.perf_counter() - t
     if out.returncode:
         raise SystemExit(f"{reader} child failed:\n{out.stderr[-3000:]}")
-    imp, read, nbytes, hwm, peak_anon, base_anon = out.stdout.split()[-6:]
+    imp, read, cpu, nbytes, hwm, peak_anon, base_anon = out.stdout.split()[-7:]
     return {
         "cold_s": wall,
         "import_s": float(imp),
         "warm_s": float(read),
+        "warm_cpu_s": float(cpu),
         "tensor_bytes": int(nbytes),
         "vm_hwm": int(hwm),
         "peak_anon": int(peak_anon),
@@ -169,16 +174,23 @@ def main(argv: list[str] | None = None) -> dict:
     for fmt, (path, size) in checkpoint_paths(work).items():
         for reader in READERS:
             run_child(reader, path, False)  # warm the page cache / any first-run effects
-            runs = [run_child(reader, path, False) for _ in range(args.repeat)]
+        runs: dict[str, list[dict]] = {reader: [] for reader in READERS}
+        for _ in range(args.repeat):  # interleaved: every repetition runs each reader once
+            for reader in READERS:
+                runs[reader].append(run_child(reader, path, False))
+        for reader in READERS:
             mem = run_child(reader, path, True)
+            rs = runs[reader]
             row = {
                 "format": fmt,
                 "reader": reader,
                 "checkpoint_bytes": size,
-                "cold_s": statistics.median(r["cold_s"] for r in runs),
-                "warm_s": statistics.median(r["warm_s"] for r in runs),
-                "import_s": statistics.median(r["import_s"] for r in runs),
-                "tensor_bytes": runs[0]["tensor_bytes"],
+                "cold_s": statistics.median(r["cold_s"] for r in rs),
+                "warm_s": statistics.median(r["warm_s"] for r in rs),
+                "warm_min_s": min(r["warm_s"] for r in rs),
+                "warm_cpu_s": statistics.median(r["warm_cpu_s"] for r in rs),
+                "import_s": statistics.median(r["import_s"] for r in rs),
+                "tensor_bytes": rs[0]["tensor_bytes"],
                 "vm_hwm": mem["vm_hwm"],
                 "peak_anon": mem["peak_anon"],
                 "peak_anon_over_baseline": mem["peak_anon"] - mem["base_anon"],
@@ -189,8 +201,12 @@ def main(argv: list[str] | None = None) -> dict:
             if r["format"] == fmt:
                 r["cold_speedup_vs_tf"] = tf_row["cold_s"] / r["cold_s"]
                 r["warm_speedup_vs_tf"] = tf_row["warm_s"] / r["warm_s"]
+                r["warm_min_speedup_vs_tf"] = tf_row["warm_min_s"] / r["warm_min_s"]
+                r["warm_cpu_speedup_vs_tf"] = tf_row["warm_cpu_s"] / r["warm_cpu_s"]
                 r["peak_anon_ratio"] = r["peak_anon"] / size
                 r["peak_anon_over_baseline_ratio"] = r["peak_anon_over_baseline"] / size
+    results["load_average"] = os.getloadavg()
+    results["cpus"] = os.cpu_count()
     if tmp is not None:
         tmp.cleanup()
     if args.save is not None:
@@ -205,20 +221,28 @@ def main(argv: list[str] | None = None) -> dict:
 def print_table(results: dict) -> None:
     mb = 1e6
     head = (
-        f"{'fmt':4} {'reader':24} {'cold s':>7} {'x TF':>6} {'warm s':>8} {'x TF':>7} "
-        f"{'VmHWM MB':>9} {'anon MB':>8} {'anon+ MB':>9} {'anon+/ckpt':>10}"
+        f"{'fmt':4} {'reader':24} {'cold s':>7} {'x TF':>6} {'warm s':>8} {'x TF':>6} {'min x':>6} "
+        f"{'cpu s':>7} {'x TF':>6} {'VmHWM MB':>9} {'anon MB':>8} {'anon+ MB':>9} {'anon+/ckpt':>10}"
     )
-    print(f"checkpoint ~{results['size_mb']:.0f} MB, median of {results['repeat']} fresh processes per cell")
+    load = results.get("load_average")
+    print(
+        f"checkpoint ~{results['size_mb']:.0f} MB, median of {results['repeat']} fresh processes per cell, "
+        f"{results.get('cpus')} CPUs" + (f", load average {load[0]:.1f} at the end" if load else "")
+    )
     print(head)
     print("-" * len(head))
     for r in results["rows"]:
         print(
             f"{r['format']:4} {LABEL[r['reader']]:24} {r['cold_s']:7.2f} {r['cold_speedup_vs_tf']:6.1f} "
-            f"{r['warm_s']:8.4f} {r['warm_speedup_vs_tf']:7.2f} {r['vm_hwm'] / mb:9.1f} "
+            f"{r['warm_s']:8.4f} {r['warm_speedup_vs_tf']:6.2f} {r['warm_min_speedup_vs_tf']:6.2f} "
+            f"{r['warm_cpu_s']:7.3f} {r['warm_cpu_speedup_vs_tf']:6.2f} {r['vm_hwm'] / mb:9.1f} "
             f"{r['peak_anon'] / mb:8.1f} {r['peak_anon_over_baseline'] / mb:9.1f} "
             f"{r['peak_anon_over_baseline_ratio']:10.3f}"
         )
-    print("x TF = TensorFlow time / this time (higher is faster); anon+ = peak RssAnon above the post-import level")
+    print(
+        "x TF = TensorFlow time / this time (higher is faster; 'min x' compares the fastest runs, 'cpu' the CPU "
+        "time of the read); anon+ = peak RssAnon above the post-import level"
+    )
 
 
 if __name__ == "__main__":

@@ -111,3 +111,135 @@ def test_not_pspnet(tmp_path):
         convert_keras_pspnet(tmp_path / "w.h5")
     with pytest.raises(ConversionError, match="not pspnet101"):
         convert_keras_pspnet(d / "weights.h5", arch="pspnet101")
+
+
+# ------------------------------------------------------------------------------------------------------
+# hellochick/PSPNet-tensorflow: the same network as TF variables, rebuilt in real TensorFlow (parity extra)
+# ------------------------------------------------------------------------------------------------------
+
+
+def _hellochick_graph(tf, x, *, units, stem, widths, outs, psp_width, num_classes, crop):
+    """PSPNet50/101 as hellochick's model.py / network.py build it (inference): TF SAME deep stem and max-pool,
+    stride 2 on conv3_1_1x1_reduce and _proj, explicit zero padding + (atrous) VALID 3x3, fixed VALID average
+    pools of the PPM, align_corners resize. Taps are keyed by layer name (BN outputs before their ReLU)."""
+    v1 = tf.compat.v1
+    taps = {}
+
+    def conv(x, name, k, cout, stride=1, padding="VALID", dilation=1, bias=False):
+        with v1.variable_scope(name):
+            w = v1.get_variable("weights", [k, k, x.shape[-1], cout])
+            y = tf.nn.atrous_conv2d(x, w, dilation, padding) if dilation > 1 else tf.nn.conv2d(x, w, stride, padding)
+            if bias:
+                y = tf.nn.bias_add(y, v1.get_variable("biases", [cout]))
+        taps[name] = y
+        return y
+
+    def bn(x, name, relu):
+        with v1.variable_scope(name):  # tf.layers.batch_normalization(epsilon=1e-5) at inference
+            n = x.shape[-1]
+            gamma, beta = v1.get_variable("gamma", [n]), v1.get_variable("beta", [n])
+            mean, var = v1.get_variable("moving_mean", [n]), v1.get_variable("moving_variance", [n])
+        y = taps[name] = tf.nn.batch_normalization(x, mean, var, beta, gamma, 1e-5)
+        return tf.nn.relu(y) if relu else y
+
+    x = bn(conv(x, "conv1_1_3x3_s2", 3, stem[0], 2, "SAME"), "conv1_1_3x3_s2_bn", True)
+    x = bn(conv(x, "conv1_2_3x3", 3, stem[1], 1, "SAME"), "conv1_2_3x3_bn", True)
+    x = bn(conv(x, "conv1_3_3x3", 3, stem[2], 1, "SAME"), "conv1_3_3x3_bn", True)
+    x = tf.nn.max_pool2d(x, 3, 2, "SAME")
+    for s, n in zip(range(2, 6), units, strict=True):
+        dil = {2: 1, 3: 1, 4: 2, 5: 4}[s]
+        for k in range(1, n + 1):
+            stride = 2 if (s, k) == (3, 1) else 1
+            p = f"conv{s}_{k}"
+            short = x
+            if k == 1:
+                short = bn(conv(x, f"{p}_1x1_proj", 1, outs[s - 2], stride), f"{p}_1x1_proj_bn", False)
+            r = bn(conv(x, f"{p}_1x1_reduce", 1, widths[s - 2], stride), f"{p}_1x1_reduce_bn", True)
+            r = tf.pad(r, [[0, 0], [dil, dil], [dil, dil], [0, 0]])
+            r = bn(conv(r, f"{p}_3x3", 3, widths[s - 2], dilation=dil), f"{p}_3x3_bn", True)
+            r = bn(conv(r, f"{p}_1x1_increase", 1, outs[s - 2]), f"{p}_1x1_increase_bn", False)
+            x = tf.nn.relu(short + r)
+    feat = x.shape[1]
+    branches = [x]
+    for b in (6, 3, 2, 1):
+        k = feat // b  # hellochick hard-codes these for its crop (60/30/20/10 at 473)
+        p = tf.nn.avg_pool2d(x, k, k, "VALID")
+        p = bn(conv(p, f"conv5_3_pool{b}_conv", 1, psp_width), f"conv5_3_pool{b}_conv_bn", True)
+        branches.append(v1.image.resize_bilinear(p, [feat, feat], align_corners=True))
+    y = tf.concat(branches, -1)
+    y = bn(conv(y, "conv5_4", 3, psp_width, 1, "SAME"), "conv5_4_bn", True)
+    y = conv(y, "conv6", 1, num_classes, bias=True)
+    taps["output"] = v1.image.resize_bilinear(y, [crop, crop], align_corners=True)  # its inference.py
+    return taps
+
+
+_OLD_BN = {"gamma": "scale", "beta": "offset", "moving_mean": "mean", "moving_variance": "variance"}
+
+
+@pytest.mark.parity
+def test_hellochick_checkpoint_parity(tmp_path, capsys):
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    tf = pytest.importorskip("tensorflow")
+    from segconvert.cli import main
+    from segconvert.converters.keras import convert_hellochick
+    from segconvert.weights.store import load_model
+
+    rng = np.random.default_rng(5)
+    crop = 89  # 8k+1 with a 12x12 feature map: the fixed pools divide it, as 60 at 473 does
+    x_np = rng.normal(0, 50, (1, crop, crop, 3)).astype(np.float32)
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [1, crop, crop, 3])
+        taps = _hellochick_graph(
+            tf, x, units=(3, 4, 6, 3), stem=(8, 8, 16), widths=(8, 16, 32, 64), outs=(32, 64, 128, 256),
+            psp_width=16, num_classes=5, crop=crop,
+        )  # fmt: skip
+        variables = tf.compat.v1.global_variables()
+        with tf.compat.v1.Session(graph=g) as sess:
+            values = {}
+            for v in variables:
+                name, shape = v.op.name, v.shape.as_list()
+                if name.endswith(("gamma", "moving_variance")):
+                    val = rng.uniform(0.5, 1.5, shape)
+                elif name.endswith(("beta", "moving_mean", "biases")):
+                    val = rng.normal(0, 0.1, shape)
+                else:
+                    val = rng.normal(0, np.sqrt(1.0 / np.prod(shape[:3])), shape)
+                values[v.initial_value] = val.astype(np.float32)
+            sess.run([v.initializer for v in variables], values)  # one run, feeding the initial values
+            outputs = sess.run(taps, {x: x_np})
+            tf.compat.v1.train.Saver(variables).save(sess, str(tmp_path / "new.ckpt"), write_meta_graph=False)
+            old = {"/".join([*v.op.name.split("/")[:-1], _OLD_BN.get(v.op.name.split("/")[-1], "weights")]): v
+                   for v in variables if not v.op.name.endswith(("weights", "biases"))}  # fmt: skip
+            old.update({v.op.name: v for v in variables if v.op.name.endswith(("weights", "biases"))})
+            tf.compat.v1.train.Saver(old).save(sess, str(tmp_path / "old.ckpt"), write_meta_graph=False)
+    conv = convert_hellochick(tmp_path / "new.ckpt", input_size=crop)
+    assert conv.arch == "pspnet50" and conv.config["stride_in"] == "1x1" and conv.config["ppm_mode"] == "fixed"
+    assert conv.preprocessing["channel_order"] == "BGR" and conv.source_format == "tf-V2"
+    assert conv.sources["backbone.stem.bn1.running_var"] == "conv1_1_3x3_s2_bn/moving_variance"
+    model = conv.build_model()
+    report, out = nhwc_parity(model, conv.tap_map, x_np, {k: v for k, v in outputs.items() if k != "output"},
+                              source="hellochick graph")  # fmt: skip
+    assert not report.uncompared and len(report.rows) == len(outputs) - 1 > 100
+    for row in report.rows:
+        assert row.max_abs <= 1e-4 + 1e-4 * row.ref_absmax, (row.name, row.max_abs)
+    np.testing.assert_allclose(out.detach().numpy().transpose(0, 2, 3, 1), outputs["output"], atol=1e-4, rtol=1e-4)
+    older = convert_hellochick(tmp_path / "old.ckpt", input_size=crop)
+    assert older.sources["backbone.stem.bn1.running_var"] == "conv1_1_3x3_s2_bn/variance"
+    for k, v in conv.state_dict.items():
+        torch.testing.assert_close(older.state_dict[k], v, rtol=0, atol=0)
+    # slim2torch recognises the Caffe-named checkpoint
+    out_file = tmp_path / "h.safetensors"
+    try:
+        main(["slim2torch", str(tmp_path / "new.ckpt"), "-o", str(out_file), "--input-size", str(crop)])
+    except SystemExit as exc:
+        raise AssertionError(capsys.readouterr().err) from exc
+    assert "architecture: pspnet50" in capsys.readouterr().out
+    with torch.no_grad():
+        y = load_model(out_file)(torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy())).numpy()
+    np.testing.assert_allclose(y.transpose(0, 2, 3, 1), outputs["output"], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConversionError, match="weights are PSPNet ResNet-50, not pspnet101"):
+        convert_hellochick(tmp_path / "new.ckpt", arch="pspnet101")

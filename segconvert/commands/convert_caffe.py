@@ -92,12 +92,7 @@ def convert_caffe_files(
         inp, outputs, fixture_meta = load_dump(parity_case)
         parity, _ = caffe_parity(model, conv.tap_map, inp, outputs, fixture_meta, source=str(parity_case))
         timings["parity"] = time.perf_counter() - t3
-        meta["parity"] = {
-            "reference": str(parity_case),
-            "ok": parity.ok,
-            "compared_layers": len(parity.rows),
-            "max_rel": parity.max_rel(),
-        }
+        meta["parity"] = parity.summary(str(parity_case))
         report["parity"] = parity
     t4 = time.perf_counter()
     save_converted(output, conv.state_dict, meta, fmt=fmt, progress=progress)

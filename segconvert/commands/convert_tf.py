@@ -44,15 +44,10 @@ def _finish(conv, output: Path, fmt: str | None, files: list[Path], parity_case:
         timings["parity"] = time.perf_counter() - t
         if not parity.rows:
             raise ConversionError("no output in outputs.npz matches a layer of the model", file=parity_case)
-        meta["parity"] = {
-            "reference": str(parity_case),
-            "ok": parity.ok,
-            "compared_layers": len(parity.rows),
-            "max_rel": parity.max_rel(),
-        }
+        meta["parity"] = parity.summary(str(parity_case))  # max_rel inf (a shape mismatch) becomes null
         report["parity"] = parity
     t = time.perf_counter()
-    save_converted(output, conv.state_dict, meta, fmt=fmt)
+    save_converted(output, conv.state_dict, meta, fmt=fmt, progress=True)
     timings["write"] = time.perf_counter() - t
     report.update(meta=meta, timings=timings, output=output)
     return report
@@ -68,17 +63,37 @@ def convert_slim_files(
     bn_eps: float = 1e-5,
     scope: str | None = None,
     classifier: bool = False,
+    stride_in: str | None = None,
+    input_size: int | None = None,
     parity_case: Path | None = None,
 ) -> dict[str, Any]:
     """The whole slim2torch job; returns a report dict."""
+    from segconvert.converters.keras import convert_hellochick, is_caffe_named_checkpoint
     from segconvert.converters.slim import convert_slim
     from segconvert.formats.tf_checkpoint import open_checkpoint
 
     t0 = time.perf_counter()
     with open_checkpoint(checkpoint) as ckpt:
-        conv = convert_slim(
-            ckpt, arch=arch, output_stride=output_stride, bn_eps=bn_eps, scope=scope, classifier=classifier
-        )
+        if is_caffe_named_checkpoint(ckpt.keys()):  # hellochick/PSPNet-tensorflow: Caffe layer names
+            if arch == "resnet" or stride_in or output_stride not in (None, 8) or scope or classifier:
+                raise ConversionError(
+                    "a Caffe-named (hellochick PSPNet-tensorflow) checkpoint converts as pspnet50/101 only; "
+                    "--arch resnet, --stride-in, --output-stride, --scope and --with-classifier do not apply",
+                    file=ckpt.files[0],
+                )
+            conv = convert_hellochick(ckpt, arch=arch, input_size=input_size or 473, bn_eps=bn_eps)
+        else:
+            if input_size is not None:
+                raise ConversionError("--input-size applies to Caffe-named (hellochick) checkpoints only")
+            conv = convert_slim(
+                ckpt,
+                arch=arch,
+                output_stride=output_stride,
+                bn_eps=bn_eps,
+                scope=scope,
+                classifier=classifier,
+                stride_in=stride_in,
+            )
         t1 = time.perf_counter()
         report = _finish(conv, output, fmt, list(ckpt.files), parity_case, {"format": f"tf-{ckpt.format}"})
     report["timings"].update(read_and_map=t1 - t0, total=time.perf_counter() - t0)
@@ -146,13 +161,26 @@ _PARITY = click.option(
     type=click.Choice(["auto", "resnet", "pspnet50", "pspnet101"]),
     default="auto",
     show_default=True,
-    help="resnet = backbone only (logits dropped); pspnet = PSPNet-TF-Reproduce head.",
+    help="resnet = backbone only (logits dropped); pspnet = with the detected PSPNet head "
+    "(PSPNet-TF-Reproduce <scope>/psp, or fast-semantic-segmentation PSPModule).",
 )
 @_FORMAT
 @click.option("--output-stride", type=click.Choice(["8", "16", "32"]), help="Default: 8 for PSPNet, 32 for resnet.")
 @click.option("--bn-eps", type=float, default=1e-5, show_default=True, help="BatchNorm epsilon of the source graph.")
 @click.option("--scope", help="Variable scope of the network (default: detected, e.g. resnet_v1_50).")
 @click.option("--with-classifier", is_flag=True, help="Keep an ImageNet 'logits' layer as the backbone's fc.")
+@click.option(
+    "--stride-in",
+    type=click.Choice(["3x3_last", "3x3"]),
+    help="Where blocks 1-3 stride: 3x3_last = TF-Slim (3x3 conv of the last unit), 3x3 = first unit (3x3 conv "
+    "and shortcut, PSPNet-TF-Reproduce's own backbone). Default: 3x3 for a PSPNet-TF-Reproduce head, else 3x3_last.",
+)
+@click.option(
+    "--input-size",
+    type=int,
+    help="Caffe-named (hellochick PSPNet-tensorflow) checkpoints: the crop its fixed pyramid-pooling kernels are "
+    "made for (473 ADE20K PSPNet50, 713 Cityscapes PSPNet101). Default 473.",
+)
 @_PARITY
 def slim2torch(
     checkpoint: Path,
@@ -163,9 +191,14 @@ def slim2torch(
     bn_eps: float,
     scope: str | None,
     with_classifier: bool,
+    stride_in: str | None,
+    input_size: int | None,
     parity_case: Path | None,
 ) -> None:
-    """Convert a TF-Slim resnet_v1 CHECKPOINT (V2 prefix / .index, or a V1 .ckpt file) to PyTorch weights."""
+    """Convert a TF-Slim resnet_v1 CHECKPOINT (V2 prefix / .index, or a V1 .ckpt file) to PyTorch weights.
+
+    Also PSPNet checkpoints of fast-semantic-segmentation and PSPNet-TF-Reproduce (slim variable names) and of
+    hellochick/PSPNet-tensorflow (Caffe layer names)."""
     report = convert_slim_files(
         checkpoint,
         output,
@@ -175,11 +208,13 @@ def slim2torch(
         bn_eps=bn_eps,
         scope=scope,
         classifier=with_classifier,
+        stride_in=stride_in,
+        input_size=input_size,
         parity_case=parity_case,
     )
     print_report(report)
     if "parity" in report and not report["parity"].ok:
-        raise click.exceptions.Exit(1)
+        raise SystemExit(1)  # cli.main (standalone_mode=False) would turn click.exceptions.Exit into exit 0
 
 
 @click.command()
@@ -207,4 +242,4 @@ def keras2torch(
     )
     print_report(report)
     if "parity" in report and not report["parity"].ok:
-        raise click.exceptions.Exit(1)
+        raise SystemExit(1)  # cli.main (standalone_mode=False) would turn click.exceptions.Exit into exit 0

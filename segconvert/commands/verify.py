@@ -337,17 +337,25 @@ def verify_tf_checkpoint(model: Any, meta: dict[str, Any], prefix: Path) -> tupl
     except ImportError:
         use.reason = "not installed (pip install 'segconvert[parity]')"
         return use, [("all layers", "TensorFlow is not installed")]
+    from segconvert.converters.keras import convert_hellochick, is_caffe_named_checkpoint
     from segconvert.converters.slim import convert_slim
+    from segconvert.formats.tf_checkpoint import open_checkpoint
 
     cfg = meta.get("config", {})
-    conv = convert_slim(
-        prefix,
-        arch=meta["arch"] if meta["arch"] in ("resnet", "pspnet50", "pspnet101") else "auto",
-        output_stride=cfg.get("output_stride"),
-        bn_eps=cfg.get("bn_eps", 1e-5),
-        classifier=bool(cfg.get("num_classes")) and meta["arch"] == "resnet",
-        stride_in=cfg.get("stride_in"),
-    )
+    with open_checkpoint(prefix) as ckpt:
+        if is_caffe_named_checkpoint(ckpt.keys()):  # hellochick/PSPNet-tensorflow: Caffe layer names
+            conv = convert_hellochick(
+                ckpt, arch=meta["arch"], input_size=cfg.get("input_size") or 473, bn_eps=cfg.get("bn_eps", 1e-5)
+            )
+        else:
+            conv = convert_slim(
+                ckpt,
+                arch=meta["arch"] if meta["arch"] in ("resnet", "pspnet50", "pspnet101") else "auto",
+                output_stride=cfg.get("output_stride"),
+                bn_eps=cfg.get("bn_eps", 1e-5),
+                classifier=bool(cfg.get("num_classes")) and meta["arch"] == "resnet",
+                stride_in=cfg.get("stride_in"),
+            )
     reader = tf.train.load_checkpoint(str(prefix))
     state = model.state_dict()
     rep = ParityReport(source=f"TensorFlow {tf.__version__} checkpoint reader")

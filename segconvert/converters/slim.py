@@ -1,19 +1,32 @@
-"""TF-Slim resnet_v1_{50,101,152} checkpoints (and the PSPNet-TF-Reproduce head) -> reference models.
+"""TF-Slim resnet_v1_{50,101,152} checkpoints and the PSPNet heads trained on them -> reference models.
 
 Backbone (SPEC 5.1): ``<scope>/conv1`` -> ``stem.conv1``/``stem.bn1``; ``<scope>/block{b}/unit_{u}/
 bottleneck_v1/{conv1,conv2,conv3,shortcut}`` -> ``layer{b}.{u-1}.{conv1..3,bn1..3,downsample.0/1}``. The model
-is built with ``stem="7x7"``, ``stride_in="3x3_last"`` (stride in the 3x3 of the last unit, identity
-shortcut subsampled), ``padding="tf_same"`` (slim's ``conv2d_same`` explicit pads, SAME max-pool) and slim's
-output-stride rule (atrous rates as ``stack_blocks_dense``). Kernels HWIO -> OIHW; BN eps is not stored in a
-checkpoint: slim's ``resnet_arg_scope`` uses 1e-5 (override with ``bn_eps``). Input: RGB minus
-(123.68, 116.78, 103.94), no std.
+is built with ``stem="7x7"``, ``padding="tf_same"`` (slim's ``conv2d_same`` explicit pads, SAME max-pool) and,
+by default, slim's ``stride_in="3x3_last"`` (stride in the 3x3 of the last unit, identity shortcut
+subsampled) with slim's output-stride rule (atrous rates as ``stack_blocks_dense``). Kernels HWIO -> OIHW; BN
+eps is not stored in a checkpoint: slim's ``resnet_arg_scope`` uses 1e-5 (override with ``bn_eps``). Input: RGB
+minus (123.68, 116.78, 103.94), no std.
 
-PSPNet-TF-Reproduce (holyseven) head: ``<scope>/psp/pool{6,3,2,1}`` -> ``ppm.pool{r}.conv/bn`` (TF SAME
-average pooling, TF1 legacy resize), ``<scope>/block4/unit_4`` -> ``head.conv/bn``, ``<scope>/logits`` ->
-``head.classifier``; its training-only aux branch is dropped.
+PSPNet heads, detected from the variable names (``head`` in the result):
+
+* ``psp`` -- holyseven/PSPNet-TF-Reproduce ``model/pspnet_mg.py``: ``<scope>/psp/pool{6,3,2,1}`` ->
+  ``ppm.pool{r}.conv/bn`` (TF SAME average pooling with k = feature // bin, conv, BN, ReLU, TF1 legacy resize),
+  ``<scope>/block4/unit_4`` -> ``head.conv/bn``, ``<scope>/logits`` -> ``head.classifier``; its training-only
+  aux branch (``block3/unit_{n+1}``, ``aux_logits``) is dropped. That project strides the **first** unit of
+  block2 (3x3 conv and projection shortcut, rates 1/1/2/4), so this head defaults to ``stride_in="3x3"``; the
+  fixture ``pspnet_slim_psp_head`` puts the same head on slim's own backbone (``stride_in="3x3_last"``). The
+  variable names cannot tell the two apart.
+* ``pspmodule`` -- oandrienko/fast-semantic-segmentation ``architectures/pspnet_architecture.py`` with
+  ``extractors/dilated_resnet_v1.py``: backbone ``SharedFeatureExtractor/resnet_v1_50`` (slim placement,
+  output stride 8 with rates 4 and 16 in blocks 3 and 4: the unit rate times the block's ``overide_rate``),
+  ``PSPModule/Conv, Conv_1, Conv_2, Conv_3`` = bins 1, 2, 3, 6 in that (concat) order with TF VALID average
+  pooling of k = feature // bin, BN and **ReLU6**, ``align_corners`` resize; ``PSPModule/Conv_4`` 3x3 + BN +
+  ReLU6 -> ``head``; ``Predictions/Conv`` -> ``head.classifier``; the training-only ``AuxPredictions`` are
+  dropped. Its evaluation upsamples the logits by Interp zoom 8 (``align_corners``).
 
 An ImageNet checkpoint converts into the ``resnet`` backbone; ``logits``, ``global_step``, ``mean_rgb`` and
-optimizer slots are reported as dropped.
+optimizer slots are reported as dropped. ``arch="resnet"`` also takes the backbone out of a PSPNet checkpoint.
 """
 
 from __future__ import annotations
@@ -32,11 +45,16 @@ from segconvert.reference_models.resnet import STAGE_BLOCKS
 
 from ._tf_common import OPTIMIZER_SLOT_SUFFIXES, Filler, TFConversion
 
-__all__ = ["convert_slim", "slim_tap_map", "SLIM_PREPROCESSING", "SLIM_ARCHS"]
+__all__ = ["convert_slim", "slim_tap_map", "detect_head", "SLIM_PREPROCESSING", "SLIM_ARCHS", "HEADS"]
 
 SLIM_PREPROCESSING = {"channel_order": "RGB", "mean": [123.68, 116.78, 103.94], "std": None, "scale": 1.0}
+# oandrienko's extractor subtracts [123.68, 116.779, 103.939] (RGB)
+PSPMODULE_PREPROCESSING = {"channel_order": "RGB", "mean": [123.68, 116.779, 103.939], "std": None, "scale": 1.0}
 SLIM_ARCHS = ("auto", "resnet", "pspnet50", "pspnet101")
+HEADS = ("none", "psp", "pspmodule")
 PSP_BINS = [6, 3, 2, 1]  # holyseven's order, also the concat order
+PSPMODULE_BINS = [1, 2, 3, 6]  # oandrienko's PSPModule/Conv, Conv_1, Conv_2, Conv_3 and concat order
+PSPMODULE_DILATIONS = [1, 1, 4, 16]  # rate x overide_rate of dilated_resnet_v1_50 at output stride 8
 _BN = ("gamma", "beta", "moving_mean", "moving_variance")
 _UNIT = re.compile(r"^(?P<scope>.+)/block(?P<b>[1-4])/unit_(?P<u>\d+)/bottleneck_v1/")
 
@@ -64,8 +82,29 @@ def _units(names: list[str], scope: str) -> tuple[int, ...]:
     return tuple(top[b] for b in range(1, 5))
 
 
-def slim_tap_map(scope: str, units: tuple[int, ...], prefix: str = "", psp: bool = False) -> dict[str, str]:
-    """TF end-point names (as in the fixtures' outputs.npz) -> reference-model module paths."""
+def _pspmodule_root(scope: str) -> str:
+    """oandrienko's heads sit next to ``SharedFeatureExtractor``: the prefix of the extractor scope."""
+    outer = scope.rsplit("/", 2)
+    return outer[0] + "/" if len(outer) == 3 else ""
+
+
+def detect_head(names: list[str] | set[str], scope: str) -> str:
+    """``"psp"`` (PSPNet-TF-Reproduce), ``"pspmodule"`` (fast-semantic-segmentation) or ``"none"``."""
+    names = set(names)
+    if f"{scope}/psp/pool{PSP_BINS[0]}/weights" in names:
+        return "psp"
+    if f"{_pspmodule_root(scope)}PSPModule/Conv/weights" in names:
+        return "pspmodule"
+    return "none"
+
+
+def slim_tap_map(scope: str, units: tuple[int, ...], prefix: str = "", psp: bool | str = False) -> dict[str, str]:
+    """TF end-point / tensor names -> reference-model module paths (``""`` = the model output).
+
+    ``psp``: ``True`` or ``"psp"`` adds the PSPNet-TF-Reproduce head names (as in the fixture's outputs.npz),
+    ``"pspmodule"`` the fast-semantic-segmentation ones (``PSPModule/Conv`` = the ReLU6 output of bin 1, ...,
+    ``PSPModule/concat``, ``PSPModule/Conv_4``, ``Predictions/Conv``, ``Predictions/Interp``).
+    """
     taps = {f"{scope}/conv1": f"{prefix}stem.relu1", f"{scope}/pool1": f"{prefix}stem.pool"}
     for b, n in enumerate(units, 1):
         for u in range(1, n + 1):
@@ -77,7 +116,7 @@ def slim_tap_map(scope: str, units: tuple[int, ...], prefix: str = "", psp: bool
             taps[f"{unit}/shortcut"] = f"{mod}.downsample"
         taps[f"{scope}/block{b}"] = f"{prefix}layer{b}"
     taps["net"] = f"{prefix}layer4"
-    if psp:
+    if psp is True or psp == "psp":
         for r in PSP_BINS:
             taps[f"{scope}/psp/pool{r}/avg_pool"] = f"ppm.pool{r}.pool"
             taps[f"{scope}/psp/pool{r}"] = f"ppm.pool{r}.relu"
@@ -86,7 +125,23 @@ def slim_tap_map(scope: str, units: tuple[int, ...], prefix: str = "", psp: bool
         taps[f"{scope}/block4/unit_4"] = "head.relu"
         taps[f"{scope}/logits"] = "head.classifier"
         taps[f"{scope}/up_sample"] = ""
+    elif psp == "pspmodule":
+        root = _pspmodule_root(scope)
+        for i, r in enumerate(PSPMODULE_BINS):
+            conv = f"{root}PSPModule/{_slim_conv_name(i)}"
+            taps[f"{conv}/avg_pool"] = f"ppm.pool{r}.pool"
+            taps[conv] = f"ppm.pool{r}.relu"
+            taps[f"{conv}/resize"] = f"ppm.pool{r}.upsample"
+        taps[f"{root}PSPModule/concat"] = "ppm"
+        taps[f"{root}PSPModule/{_slim_conv_name(len(PSPMODULE_BINS))}"] = "head.relu"
+        taps[f"{root}Predictions/Conv"] = "head.classifier"
+        taps[f"{root}Predictions/Interp"] = ""
     return taps
+
+
+def _slim_conv_name(i: int) -> str:
+    """slim's automatic scope of the i-th unnamed conv2d in a scope: Conv, Conv_1, Conv_2, ..."""
+    return "Conv" if i == 0 else f"Conv_{i}"
 
 
 def _is_checkpoint(obj: object) -> bool:
@@ -102,15 +157,20 @@ def convert_slim(
     bn_eps: float = 1e-5,
     scope: str | None = None,
     classifier: bool = False,
+    stride_in: str | None = None,
 ) -> TFConversion:
-    """Map a TF-Slim checkpoint onto ``resnet`` (backbone) or ``pspnet50/101`` (holyseven head).
+    """Map a TF-Slim checkpoint onto ``resnet`` (backbone) or ``pspnet50/101`` (with its detected head).
 
-    ``arch="auto"`` picks ``pspnet{depth}`` when ``<scope>/psp`` exists, else ``resnet``. ``output_stride``
+    ``arch="auto"`` picks ``pspnet{depth}`` when a PSPNet head exists, else ``resnet``. ``output_stride``
     defaults to 8 for PSPNet and 32 (the ImageNet geometry) for the backbone. ``classifier=True`` keeps an
-    ImageNet ``logits`` layer as ``fc`` instead of dropping it.
+    ImageNet ``logits`` layer as ``fc`` instead of dropping it. ``stride_in`` (``"3x3_last"``: slim, stride in
+    the last unit; ``"3x3"``: first unit, 3x3 conv and shortcut) defaults to ``"3x3"`` for a
+    PSPNet-TF-Reproduce head and to slim's placement otherwise.
     """
     if arch not in SLIM_ARCHS:
         raise ConversionError(f"arch must be one of {SLIM_ARCHS} for a TF-Slim checkpoint, got {arch!r}")
+    if stride_in is not None and stride_in not in ("3x3_last", "3x3"):
+        raise ConversionError(f"stride_in must be '3x3_last' (slim) or '3x3' (first unit), got {stride_in!r}")
     ckpt = checkpoint if _is_checkpoint(checkpoint) else open_checkpoint(checkpoint)
     file = getattr(ckpt, "files", ["<checkpoint>"])[0]
     names = list(ckpt.keys())
@@ -129,22 +189,40 @@ def convert_slim(
         shape(name)
         return ckpt[name]
 
+    head = detect_head(names, scope)
+    root = _pspmodule_root(scope)
     stem_w = shape(f"{scope}/conv1/weights")
     widths = [shape(f"{scope}/block{b}/unit_1/bottleneck_v1/conv1/weights")[3] for b in range(1, 5)]
     out_widths = [shape(f"{scope}/block{b}/unit_1/bottleneck_v1/conv3/weights")[3] for b in range(1, 5)]
-    has_psp = any(n.startswith(f"{scope}/psp/") for n in names)
     requested = arch
+    if head == "none" and f"{root}PSPModule/Conv1x1/weights" in names and arch != "resnet":
+        raise ConversionError(
+            "a fast-semantic-segmentation ICNet checkpoint (PSPModule/Conv1x1): there is no ICNet reference model; "
+            "arch='resnet' converts its backbone",
+            file=file,
+        )
     if arch == "auto":
-        arch = f"pspnet{depth}" if has_psp else "resnet"
+        arch = f"pspnet{depth}" if head != "none" else "resnet"
     if arch.startswith("pspnet"):
-        if not has_psp:
-            raise ConversionError(f"{arch} needs the <scope>/psp head; this checkpoint has none", file=file)
+        if head == "none":
+            raise ConversionError(
+                f"{arch} needs a PSPNet head (<scope>/psp/... or PSPModule/...); this checkpoint has none", file=file
+            )
         if arch != f"pspnet{depth}":
             raise ConversionError(f"checkpoint is resnet_v1_{depth}, not {arch}", file=file)
+    notes: list[str] = []
+    if stride_in is None:
+        stride_in = "3x3" if head == "psp" else "3x3_last"
+        why = (
+            "PSPNet-TF-Reproduce strides the first unit of block2; stride_in='3x3_last' for slim's placement"
+            if head == "psp"
+            else "TF-Slim resnet_v1: stride in the 3x3 of the last unit of blocks 1-3"
+        )
+        notes.append(f"stride_in {stride_in!r} ({why})")
     backbone = dict(
         depth=depth,
         stem="7x7",
-        stride_in="3x3_last",
+        stride_in=stride_in,
         padding="tf_same",
         stem_widths=[stem_w[3]],
         widths=widths,
@@ -160,7 +238,7 @@ def convert_slim(
             "resnet", **backbone, in_channels=stem_w[2], output_stride=output_stride or 32, num_classes=num_classes
         )
         prefix = ""
-    else:
+    elif head == "psp":
         config = get_config(
             arch,
             **backbone,
@@ -174,6 +252,27 @@ def convert_slim(
             resize="tf1_legacy",
         )
         prefix = "backbone."
+    else:
+        if output_stride not in (None, 8):
+            raise ConversionError("fast-semantic-segmentation's PSPNet has output stride 8 only", file=file)
+        if stride_in != "3x3_last":
+            raise ConversionError("fast-semantic-segmentation's backbone is slim's (stride_in='3x3_last')", file=file)
+        config = get_config(
+            arch,
+            **backbone,
+            output_stride=8,
+            dilations=PSPMODULE_DILATIONS,
+            num_classes=shape(f"{root}Predictions/Conv/weights")[3],
+            input_size=None,
+            ppm_bins=PSPMODULE_BINS,
+            ppm_mode="tf_valid",
+            ppm_width=shape(f"{root}PSPModule/Conv/weights")[3],
+            head_width=shape(f"{root}PSPModule/{_slim_conv_name(len(PSPMODULE_BINS))}/weights")[3],
+            resize="align_corners",
+            head_act="relu6",
+        )
+        notes.append("fast-semantic-segmentation PSPNet: rates 4/16 in blocks 3/4, PPM and head with ReLU6")
+        prefix = "backbone."
 
     f = Filler(arch, config, file)
 
@@ -184,6 +283,9 @@ def convert_slim(
             {k: (f"{src}/BatchNorm/{k}", ckpt[f"{src}/BatchNorm/{k}"]) for k in _BN if f"{src}/BatchNorm/{k}" in ckpt},
         )
 
+    def conv_bias(src: str, dst: str) -> None:
+        f.conv(dst, get(f"{src}/weights"), f"{src}/weights", get(f"{src}/biases"), f"{src}/biases")
+
     conv_bn(f"{scope}/conv1", f"{prefix}stem.conv1", f"{prefix}stem.bn1")
     for b, n in enumerate(units, 1):
         for u in range(1, n + 1):
@@ -193,16 +295,21 @@ def convert_slim(
             if f"{src}/shortcut/weights" in ckpt:
                 conv_bn(f"{src}/shortcut", f"{dst}.downsample.0", f"{dst}.downsample.1")
     if arch == "resnet" and num_classes:
-        f.conv("fc", get(logits), logits, get(f"{scope}/logits/biases"), f"{scope}/logits/biases")
-    if arch.startswith("pspnet"):
+        conv_bias(f"{scope}/logits", "fc")
+    if arch.startswith("pspnet") and head == "psp":
         for r in PSP_BINS:
             conv_bn(f"{scope}/psp/pool{r}", f"ppm.pool{r}.conv", f"ppm.pool{r}.bn")
         conv_bn(f"{scope}/block4/unit_4", "head.conv", "head.bn")
-        f.conv("head.classifier", get(logits), logits, get(f"{scope}/logits/biases"), f"{scope}/logits/biases")
+        conv_bias(f"{scope}/logits", "head.classifier")
+    elif arch.startswith("pspnet"):
+        for i, r in enumerate(PSPMODULE_BINS):
+            conv_bn(f"{root}PSPModule/{_slim_conv_name(i)}", f"ppm.pool{r}.conv", f"ppm.pool{r}.bn")
+        conv_bn(f"{root}PSPModule/{_slim_conv_name(len(PSPMODULE_BINS))}", "head.conv", "head.bn")
+        conv_bias(f"{root}Predictions/Conv", "head.classifier")
     state = f.finish()
 
     dropped, unknown = [], []
-    aux_unit = f"{scope}/block3/unit_{units[2] + 1}/"
+    aux = (f"{scope}/block3/unit_{units[2] + 1}/", f"{scope}/aux_logits/", f"{root}AuxPredictions/")
     for n in names:
         if n in f.used:
             continue
@@ -212,7 +319,7 @@ def convert_slim(
             dropped.append((n, "mean pixel, recorded as preprocessing"))
         elif n.endswith(OPTIMIZER_SLOT_SUFFIXES) or n in ("beta1_power", "beta2_power"):
             dropped.append((n, "optimizer state"))
-        elif n.startswith((aux_unit, f"{scope}/aux_logits/")):
+        elif n.startswith(aux):
             dropped.append((n, "training-only auxiliary branch"))
         elif arch == "resnet" and n.startswith(f"{scope}/logits/"):
             dropped.append((n, "classifier, not part of the backbone"))
@@ -225,18 +332,19 @@ def convert_slim(
         raise ConversionError(
             f"{len(unknown)} checkpoint tensors have no place in {arch}: {unknown[:8]}{hint}", file=file
         )
-    notes = f.notes + [f"BN eps {bn_eps:g} (TF-Slim resnet_arg_scope default; not stored in checkpoints)"]
+    notes = f.notes + notes + [f"BN eps {bn_eps:g} (TF-Slim resnet_arg_scope default; not stored in checkpoints)"]
     if "mean_rgb" in " ".join(n for n, _ in dropped):
         mean = np.asarray(ckpt[f"{scope}/mean_rgb"], dtype=np.float64).round(4).tolist()
         notes.append(f"checkpoint mean_rgb {mean}")
+    pre = PSPMODULE_PREPROCESSING if head == "pspmodule" else SLIM_PREPROCESSING
     return TFConversion(
         arch=arch,
         config=config,
         state_dict=state,
         sources=f.sources,
         dropped=dropped,
-        tap_map=slim_tap_map(scope, units, prefix, psp=arch.startswith("pspnet")),
-        preprocessing=dict(SLIM_PREPROCESSING),
+        tap_map=slim_tap_map(scope, units, prefix, psp=head if arch.startswith("pspnet") else False),
+        preprocessing=dict(pre),
         source_format=f"tf-{getattr(ckpt, 'format', '?')}",
         notes=notes,
     )

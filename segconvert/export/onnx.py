@@ -246,8 +246,8 @@ def _dynamic_blockers(model: nn.Module) -> list[str]:
     for name, mod in model.named_modules():
         if isinstance(mod, PPMPool) and mod.mode == "fixed":
             found.setdefault("fixed", f"{name} (PSPNet fixed pyramid-pooling kernels for {mod.feature_size} features)")
-        elif isinstance(mod, PPMPool) and mod.mode == "tf_same":
-            found.setdefault("ppm_tf", f"{name} (TF SAME pyramid pooling)")
+        elif isinstance(mod, PPMPool) and mod.mode in ("tf_same", "tf_valid"):
+            found.setdefault("ppm_tf", f"{name} (TF {mod.mode[3:].upper()} pyramid pooling, sized per input)")
         elif isinstance(mod, PPMPool) and mod.mode == "adaptive":
             found.setdefault("adaptive", f"{name} (adaptive pooling: the exporter needs a static input size)")
         elif isinstance(mod, (TFSamePool2d, SamePad2d, Conv2dSame)):

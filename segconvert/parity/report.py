@@ -74,6 +74,17 @@ class ParityReport:
     def max_rel(self) -> float:
         return max((r.rel for r in self.rows), default=0.0)
 
+    def summary(self, reference: str) -> dict[str, Any]:
+        """The figures stored in a converted file's metadata (JSON-safe: an infinite max_rel, i.e. a shape
+        mismatch, becomes null)."""
+        max_rel = self.max_rel()
+        return {
+            "reference": reference,
+            "ok": self.ok,
+            "compared_layers": len(self.rows),
+            "max_rel": max_rel if math.isfinite(max_rel) else None,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         bad = self.first_failure
         return {

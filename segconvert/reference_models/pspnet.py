@@ -21,9 +21,16 @@ from .layers import ConvBNReLU, Resize, UpsampleToInput
 from .ops import RESIZE_MODES, CaffePool2d, TFSamePool2d, make_norm
 from .resnet import BACKBONE_KEYS, ResNet, init_weights, resnet_config
 
-__all__ = ["PSPNet", "PyramidPooling", "PPMPool", "pspnet_config", "PPM_MODES"]
+__all__ = ["PSPNet", "PyramidPooling", "PPMPool", "pspnet_config", "PPM_MODES", "HEAD_ACTS"]
 
-PPM_MODES = ("fixed", "adaptive", "tf_same")
+PPM_MODES = ("fixed", "adaptive", "tf_same", "tf_valid")
+HEAD_ACTS = ("relu", "relu6")  # activation of the pyramid-pooling convs and the 3x3 head conv
+
+
+def _act(kind: str) -> nn.Module:
+    if kind not in HEAD_ACTS:
+        raise ValueError(f"head_act must be one of {HEAD_ACTS}, got {kind!r}")
+    return nn.ReLU6(inplace=True) if kind == "relu6" else nn.ReLU(inplace=True)
 
 
 class PPMPool(nn.Module):
@@ -33,6 +40,8 @@ class PPMPool(nn.Module):
     (60/30/20/10 at 473, 90/45/30/15 at 713); other feature sizes raise (the released nets are only valid at
     their crop size: pad the input). ``adaptive``: ``adaptive_avg_pool2d(bin)``. ``tf_same``: TF ``avg_pool``
     with kernel = stride = feature//bin and SAME padding, computed per input (PSPNet-TF-Reproduce).
+    ``tf_valid``: TF ``avg_pool`` with kernel = stride = feature//bin and VALID padding (windows that do not
+    fit are dropped, so e.g. 21 // (21 // 6) = 7 cells), computed per input (fast-semantic-segmentation).
     """
 
     def __init__(self, bin_size: int, mode: str, feature_size: tuple[int, int] | None = None) -> None:
@@ -60,6 +69,8 @@ class PPMPool(nn.Module):
         if self.mode == "adaptive":
             return F.adaptive_avg_pool2d(x, self.bin_size)
         k = (max(1, h // self.bin_size), max(1, w // self.bin_size))
+        if self.mode == "tf_valid":
+            return F.avg_pool2d(x, k, k)
         return TFSamePool2d("avg", k, k)(x)
 
     def extra_repr(self) -> str:
@@ -67,14 +78,16 @@ class PPMPool(nn.Module):
 
 
 class PPMBranch(nn.Module):
-    """``pool`` -> 1x1 ``conv`` -> ``bn`` -> ``relu`` -> ``upsample`` back to the feature size."""
+    """``pool`` -> 1x1 ``conv`` -> ``bn`` -> ``relu`` (ReLU or ReLU6) -> ``upsample`` back to the feature size."""
 
-    def __init__(self, pool: PPMPool, cin: int, cout: int, norm: str, eps: float, resize: str) -> None:
+    def __init__(
+        self, pool: PPMPool, cin: int, cout: int, norm: str, eps: float, resize: str, act: str = "relu"
+    ) -> None:
         super().__init__()
         self.pool = pool
         self.conv = nn.Conv2d(cin, cout, 1, bias=False)
         self.bn = make_norm(norm, cout, eps)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = _act(act)
         self.upsample = Resize(resize)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -95,13 +108,14 @@ class PyramidPooling(nn.Module):
         norm: str,
         eps: float,
         resize: str,
+        act: str = "relu",
     ) -> None:
         super().__init__()
         if len(set(bins)) != len(bins):
             raise ValueError(f"ppm_bins must be distinct, got {bins}")
         self.names = [f"pool{b}" for b in bins]
         for name, b in zip(self.names, bins, strict=True):
-            branch = PPMBranch(PPMPool(b, mode, feature_size), in_channels, width, norm, eps, resize)
+            branch = PPMBranch(PPMPool(b, mode, feature_size), in_channels, width, norm, eps, resize, act)
             self.add_module(name, branch)
         self.out_channels = in_channels + width * len(bins)
 
@@ -110,13 +124,15 @@ class PyramidPooling(nn.Module):
 
 
 class PSPHead(nn.Module):
-    """``conv`` 3x3 -> ``bn`` -> ``relu`` -> ``dropout`` -> ``classifier`` 1x1 (with bias)."""
+    """``conv`` 3x3 -> ``bn`` -> ``relu`` (ReLU or ReLU6) -> ``dropout`` -> ``classifier`` 1x1 (with bias)."""
 
-    def __init__(self, cin: int, width: int, num_classes: int, dropout: float, norm: str, eps: float) -> None:
+    def __init__(
+        self, cin: int, width: int, num_classes: int, dropout: float, norm: str, eps: float, act: str = "relu"
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(cin, width, 3, padding=1, bias=False)
         self.bn = make_norm(norm, width, eps)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = _act(act)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Conv2d(width, num_classes, 1)
 
@@ -147,6 +163,7 @@ def pspnet_config(
     dilations: list[int] | None = None,
     bn_eps: float = 1e-5,
     norm: str = "frozen",
+    head_act: str = "relu",
 ) -> dict[str, Any]:
     """Complete PSPNet keyword arguments into a JSON-serialisable config."""
     bb = resnet_config(
@@ -168,6 +185,8 @@ def pspnet_config(
         raise ValueError(f"ppm_mode must be one of {PPM_MODES}, got {ppm_mode!r}")
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    if head_act not in HEAD_ACTS:
+        raise ValueError(f"head_act must be one of {HEAD_ACTS}, got {head_act!r}")
     if input_size is not None:
         input_size = [int(s) for s in ([input_size] * 2 if isinstance(input_size, int) else input_size)]
     if ppm_mode == "fixed" and input_size is None:
@@ -183,6 +202,7 @@ def pspnet_config(
         resize=resize,
         aux=bool(aux),
         aux_width=int(aux_width),
+        head_act=head_act,
         **bb,
     )
 
@@ -211,9 +231,16 @@ class PSPNet(nn.Module):
             cfg["norm"],
             cfg["bn_eps"],
             cfg["resize"],
+            cfg["head_act"],
         )
         self.head = PSPHead(
-            self.ppm.out_channels, cfg["head_width"], cfg["num_classes"], cfg["dropout"], cfg["norm"], cfg["bn_eps"]
+            self.ppm.out_channels,
+            cfg["head_width"],
+            cfg["num_classes"],
+            cfg["dropout"],
+            cfg["norm"],
+            cfg["bn_eps"],
+            cfg["head_act"],
         )
         self.upsample = UpsampleToInput(cfg["output_stride"], cfg["resize"])
         self.aux: nn.Module | None = None
