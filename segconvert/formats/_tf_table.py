@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -318,7 +319,36 @@ def _parallel() -> bool:
 
 
 def crc32c(data: bytes | bytearray | memoryview | np.ndarray, crc: int = 0) -> int:
-    """CRC32C of ``data``; pass a previous result as ``crc`` to extend it (like ``zlib.crc32``)."""
+    """CRC32C of ``data``; pass a previous result as ``crc`` to extend it (like ``zlib.crc32``).
+
+    Uses google-crc32c's hardware (SSE4.2 / ARMv8 CRC) implementation when it is installed with its C
+    extension (a dependency; ~5 GB/s here, fed 1 MiB at a time), else :func:`crc32c_numpy`.
+    """
+    if _HW is None:
+        return crc32c_numpy(data, crc)
+    if isinstance(data, bytes):
+        return _HW.extend(crc, data)
+    # google-crc32c takes only immutable bytes: copy 1 MiB pieces (bounded memory, the copy is cache-hot)
+    view = memoryview(data.reshape(-1).view(np.uint8) if isinstance(data, np.ndarray) else data).cast("B")
+    for i in range(0, view.nbytes, _HW_PIECE):
+        crc = _HW.extend(crc, view[i : i + _HW_PIECE].tobytes())
+    return crc
+
+
+def _hw_crc32c() -> Any:
+    try:
+        import google_crc32c
+    except ImportError:
+        return None
+    return google_crc32c if getattr(google_crc32c, "implementation", "") == "c" else None
+
+
+_HW = _hw_crc32c()
+_HW_PIECE = 1 << 20
+
+
+def crc32c_numpy(data: bytes | bytearray | memoryview | np.ndarray, crc: int = 0) -> int:
+    """Pure-numpy CRC32C (table-driven, two threads for large inputs): the fallback of :func:`crc32c`."""
     a = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
     n = a.size
     reg = crc ^ 0xFFFFFFFF
@@ -365,7 +395,8 @@ def _build_tables() -> None:
         _fold_table(span)
 
 
-_build_tables()
+if _HW is None:  # only the numpy fallback needs them
+    _build_tables()
 
 
 def mask_crc(crc: int) -> int:
