@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .layers import EltwiseMax, UpsampleToInput
 from .ops import Interp
-from .resnet import BACKBONE_KEYS, ResNet, resnet_config
+from .resnet import BACKBONE_KEYS, ResNet, backbone_config
 
 __all__ = ["DeepLabV2", "ASPP", "deeplab_msc_loss", "deeplabv2_config", "shrink_label"]
 
@@ -50,34 +50,15 @@ def deeplabv2_config(
     msc: bool = True,
     aspp_rates: list[int] | None = None,
     input_size: list[int] | None = None,
-    stem_widths: list[int] | None = None,
-    widths: list[int] | None = None,
-    out_widths: list[int] | None = None,
     output_stride: int = 8,
-    strides: list[int] | None = None,
-    dilations: list[int] | None = None,
-    bn_eps: float = 1e-5,
-    norm: str = "frozen",
-    stem: str = "7x7",
-    stride_in: str = "1x1",
-    padding: str = "caffe",
+    **backbone: Any,
 ) -> dict[str, Any]:
-    """Complete DeepLab-v2 keyword arguments into a JSON-serialisable config."""
-    bb = resnet_config(
-        depth=depth,
-        stem=stem,
-        stride_in=stride_in,
-        padding=padding,
-        stem_widths=stem_widths,
-        widths=widths,
-        out_widths=out_widths,
-        output_stride=output_stride,
-        strides=strides,
-        dilations=dilations,
-        bn_eps=bn_eps,
-        norm=norm,
-    )
-    bb.pop("in_channels")
+    """Complete DeepLab-v2 keyword arguments into a JSON-serialisable config.
+
+    ``backbone``: the other :func:`~.resnet.resnet_config` keys (``stem`` "7x7", ``stride_in`` "1x1",
+    ``widths``, ``dilations``, ``bn_eps``, ``norm``, ...).
+    """
+    bb = backbone_config(depth=depth, output_stride=output_stride, **backbone)
     return dict(
         num_classes=int(num_classes),
         msc=bool(msc),

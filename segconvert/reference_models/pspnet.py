@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .layers import ConvBNReLU, Resize, UpsampleToInput
 from .ops import RESIZE_MODES, CaffePool2d, TFSamePool2d, make_norm
-from .resnet import BACKBONE_KEYS, ResNet, init_weights, resnet_config
+from .resnet import BACKBONE_KEYS, ResNet, backbone_config, init_weights
 
 __all__ = ["PSPNet", "PyramidPooling", "PPMPool", "pspnet_config", "PPM_MODES", "HEAD_ACTS"]
 
@@ -152,35 +152,17 @@ def pspnet_config(
     resize: str = "align_corners",
     aux: bool = False,
     aux_width: int = 256,
-    stem: str = "deep",
-    stride_in: str = "1x1",
-    padding: str = "caffe",
-    stem_widths: list[int] | None = None,
-    widths: list[int] | None = None,
-    out_widths: list[int] | None = None,
-    output_stride: int = 8,
-    strides: list[int] | None = None,
-    dilations: list[int] | None = None,
-    bn_eps: float = 1e-5,
-    norm: str = "frozen",
     head_act: str = "relu",
+    stem: str = "deep",
+    output_stride: int = 8,
+    **backbone: Any,
 ) -> dict[str, Any]:
-    """Complete PSPNet keyword arguments into a JSON-serialisable config."""
-    bb = resnet_config(
-        depth=depth,
-        stem=stem,
-        stride_in=stride_in,
-        padding=padding,
-        stem_widths=stem_widths,
-        widths=widths,
-        out_widths=out_widths,
-        output_stride=output_stride,
-        strides=strides,
-        dilations=dilations,
-        bn_eps=bn_eps,
-        norm=norm,
-    )
-    bb.pop("in_channels")
+    """Complete PSPNet keyword arguments into a JSON-serialisable config.
+
+    ``backbone``: the other :func:`~.resnet.resnet_config` keys (``stride_in``, ``widths``, ``dilations``,
+    ``bn_eps``, ``norm``, ...).
+    """
+    bb = backbone_config(depth=depth, stem=stem, output_stride=output_stride, **backbone)
     if ppm_mode not in PPM_MODES:
         raise ValueError(f"ppm_mode must be one of {PPM_MODES}, got {ppm_mode!r}")
     if resize not in RESIZE_MODES:

@@ -14,7 +14,16 @@ from torch import Tensor, nn
 
 from .ops import NORM_KINDS, CaffePool2d, Conv2dSame, TFSamePool2d, caffe_pool_out, conv2d_same, make_norm
 
-__all__ = ["BACKBONE_KEYS", "ResNet", "Bottleneck", "Stem", "STAGE_BLOCKS", "resolve_strides", "resnet_config"]
+__all__ = [
+    "BACKBONE_KEYS",
+    "ResNet",
+    "Bottleneck",
+    "Stem",
+    "STAGE_BLOCKS",
+    "backbone_config",
+    "resolve_strides",
+    "resnet_config",
+]
 
 STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 STEMS = ("7x7", "deep")
@@ -67,6 +76,15 @@ BACKBONE_KEYS = (
     "norm",
     "in_channels",
 )
+
+
+def backbone_config(**kwargs: Any) -> dict[str, Any]:
+    """:func:`resnet_config` for a segmentation model's backbone: the same keys without ``in_channels`` (RGB/BGR)."""
+    if "in_channels" in kwargs:
+        raise TypeError("a segmentation backbone takes 3-channel images; in_channels is not an option")
+    cfg = resnet_config(**kwargs)
+    cfg.pop("in_channels")
+    return cfg
 
 
 def resnet_config(
