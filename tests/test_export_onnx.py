@@ -21,22 +21,10 @@ from segconvert.graph.shapes import pool_geometry
 from segconvert.parity.inputs import preprocess, synthetic_image
 from segconvert.reference_models.ops import CaffePool2d
 from segconvert.testing import fixture_path
+from tests.caffe_cases import POOL_CASES
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-
-POOL_CASES = [
-    "pool_ave_k2s2p1_clip",
-    "pool_ave_k3s2p1_pad",
-    "pool_ave_k4s3_ceil_partial",
-    "pool_ave_k5s3p2",
-    "pool_global_ave",
-    "pool_global_max",
-    "pool_max_k2s2_ceil",
-    "pool_max_k2s2p1_clip",
-    "pool_max_k3s2p1",
-    "pool_max_rect",
-]
 
 
 def _run(path, x: np.ndarray) -> np.ndarray:
