@@ -162,3 +162,23 @@ def test_a_command_ending_in_click_exit_1_gives_status_1(tmp_path):
     )
     assert res.returncode == 1, (res.returncode, res.stdout[-2000:], res.stderr[-2000:])
     assert "FIRST DIVERGENCE" in res.stdout
+
+
+def test_written_files_get_the_mode_open_would_give(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the published files must have the usual 0666 & ~umask."""
+    import os
+    import stat
+
+    from segconvert.fileio import umask_mode
+    from segconvert.formats.caffemodel_writer import write_caffemodel
+    from segconvert.weights.store import save_converted
+
+    old = os.umask(0o022)
+    try:
+        caffemodel = write_caffemodel(tmp_path / "m.caffemodel", [])
+        weights = save_converted(tmp_path / "w.safetensors", {}, {"arch": "resnet", "config": {}})
+        want = umask_mode()
+        for p in (caffemodel, weights, tmp_path / "w.safetensors.json"):
+            assert stat.S_IMODE(p.stat().st_mode) == want == 0o644, p
+    finally:
+        os.umask(old)

@@ -16,6 +16,7 @@ from segconvert.commands.convert_caffe import caffe_preprocessing
 from segconvert.converters import convert_caffe_net
 from segconvert.export import onnx as onnx_export
 from segconvert.export.onnx import ExportError, check_onnx, export_onnx, pool_plan
+from segconvert.fileio import umask_mode
 from segconvert.graph import load_net
 from segconvert.graph.shapes import pool_geometry
 from segconvert.parity.inputs import preprocess, synthetic_image
@@ -354,6 +355,7 @@ def test_mixed_padding_pooling_exports_with_caffe_clip_on_both_axes(tmp_path):
 
     for dynamic in (False, True):  # padded on H, so ceil_mode's clip equals Caffe's on W at every size
         out = export_onnx(model, tmp_path / f"pool{dynamic}.onnx", (1, 2, 7, 12), dynamic=dynamic).path
+        assert (out.stat().st_mode & 0o777) == umask_mode()  # not mkstemp's 0600
         sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         for w in (12, 13) if dynamic else (12,):
             xw = torch.randn(1, 2, 7, w)

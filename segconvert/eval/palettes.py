@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from segconvert.eval.labels import CITYSCAPES_TRAIN_LABELS
+from segconvert.fileio import open_mode
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
@@ -51,6 +52,7 @@ def atomic_save_png(image: Image.Image, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        open_mode(tmp)
         with os.fdopen(fd, "wb") as fh:
             image.save(fh, format="PNG")
         os.replace(tmp, path)

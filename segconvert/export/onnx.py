@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segconvert.errors import SegconvertError
+from segconvert.fileio import open_mode
 from segconvert.reference_models.layers import Resize, UpsampleToInput
 from segconvert.reference_models.ops import (
     CaffePool2d,
@@ -452,6 +453,7 @@ def _short(exc: BaseException, limit: int = 300) -> str:
 def _atomic_bytes(path: Path, data: bytes | None, write: Any = None) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        open_mode(tmp)
         with os.fdopen(fd, "wb") as fh:
             if data is not None:
                 fh.write(data)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from segconvert.fileio import open_mode
 from segconvert.formats.protowire import encode_varint
 
 
@@ -35,6 +36,7 @@ def write_caffemodel(path: str | os.PathLike[str], layers: Iterable[tuple[Any, l
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        open_mode(tmp)
         with os.fdopen(fd, "wb") as fh:
             for param, blobs in layers:
                 head = param.SerializeToString()

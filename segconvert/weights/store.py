@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 
 from segconvert import __version__
 from segconvert.errors import WeightsFileError
+from segconvert.fileio import atomic_write
 from segconvert.weights.provenance import sha256_file, source_entry
 
 __all__ = [
@@ -38,26 +38,6 @@ FORMATS = ("safetensors", "pth")
 
 def _canonical(meta: Mapping[str, Any]) -> str:
     return json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it over ``path`` (no partial files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def save_converted(
