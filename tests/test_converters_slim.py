@@ -14,6 +14,7 @@ from segconvert.converters._tf_common import nhwc_parity
 from segconvert.converters.slim import convert_slim
 from segconvert.errors import ConversionError
 from segconvert.formats.tf_checkpoint import open_checkpoint
+from segconvert.parity.tf_runtime import holyseven_graph, oandrienko_graph, slim_psp_head, slim_resnet_graph
 from segconvert.reference_models import create_model
 from segconvert.testing import fixture_path
 
@@ -255,39 +256,16 @@ def _build_slim(env, tmp, *, depth, base, output_stride, hw, psp, seed, classes=
     tf, slim, resnet_v1 = env
     scope = f"resnet_v1_{depth}"
     rng = np.random.default_rng(seed)
-    units = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}[depth]
     x_np = rng.normal(0, 50, (1, *hw, 3)).astype(np.float32)
     g = tf.Graph()
     with g.as_default():
         x = tf.compat.v1.placeholder(tf.float32, [1, *hw, 3])
-        blocks = [
-            resnet_v1.resnet_v1_block(f"block{i + 1}", base_depth=b, num_units=n, stride=1 if i == 3 else 2)
-            for i, (b, n) in enumerate(zip(base, units, strict=True))
-        ]
-        with slim.arg_scope(resnet_v1.resnet_arg_scope()):
-            net, end_points = resnet_v1.resnet_v1(
-                x, blocks, num_classes=classes, is_training=False, global_pool=classes is not None,
-                output_stride=output_stride, scope=scope,
-            )  # fmt: skip
-            taps = {k: v for k, v in end_points.items() if k.startswith(scope)}
-            taps[f"{scope}/pool1"] = g.get_tensor_by_name(f"{scope}/pool1/MaxPool:0")
-            taps["net"] = net if classes is None else end_points[f"{scope}/block4"]
-            if psp:
-                with slim.arg_scope([slim.batch_norm], is_training=False), tf.compat.v1.variable_scope(scope):
-                    fh, fw = net.shape[1], net.shape[2]
-                    branches = [net]
-                    for r in (6, 3, 2, 1):
-                        k = [max(1, fh // r), max(1, fw // r)]
-                        p = taps[f"{scope}/psp/pool{r}/avg_pool"] = tf.nn.avg_pool2d(net, k, k, "SAME")
-                        p = taps[f"{scope}/psp/pool{r}"] = slim.conv2d(p, 8, [1, 1], scope=f"psp/pool{r}")
-                        p = taps[f"{scope}/psp/pool{r}/resize"] = tf.compat.v1.image.resize_bilinear(p, [fh, fw])
-                        branches.append(p)
-                    cat = taps[f"{scope}/psp/concat"] = tf.concat(branches, 3)
-                    y = taps[f"{scope}/block4/unit_4"] = slim.conv2d(cat, 8, [3, 3], scope="block4/unit_4")
-                    logits = taps[f"{scope}/logits"] = slim.conv2d(
-                        y, 5, [1, 1], activation_fn=None, normalizer_fn=None, scope="logits"
-                    )
-                    taps[f"{scope}/up_sample"] = tf.compat.v1.image.resize_bilinear(logits, list(hw))
+        net, taps = slim_resnet_graph(
+            tf, slim, resnet_v1, x, depth=depth, widths=base, out_widths=[4 * b for b in base],
+            output_stride=output_stride, num_classes=classes, scope=scope,
+        )  # fmt: skip
+        if psp:
+            slim_psp_head(tf, slim, net, taps, scope=scope, size=list(hw), ppm_width=8, head_width=8, num_classes=5)
         with tf.compat.v1.Session(graph=g) as sess:
             variables = tf.compat.v1.global_variables()
             _load_all(sess, variables, lambda v: _random_value(v.op.name, v.shape.as_list(), rng))
@@ -321,156 +299,9 @@ def test_fresh_slim_graph_parity(slim_env, tmp_path, spec):
 
 
 # ------------------------------------------------------------------------------------------------------
-# the two PSPNet projects' own graphs, rebuilt in real TensorFlow with their variable names (parity extra)
+# the two PSPNet projects' own graphs, rebuilt in real TensorFlow with their variable names (parity extra);
+# the graph builders live in segconvert.parity.tf_runtime (also used by ``segconvert verify``)
 # ------------------------------------------------------------------------------------------------------
-
-
-def _holyseven_graph(tf, x, *, depth, filters, num_classes, image_size, aux_units):
-    """PSPNet-TF-Reproduce ``pspnet_with_list`` at inference (model/pspnet_mg.py + model/utils_mg.py):
-    7x7 stem, first-unit strides [1, 2, 1, 1], rates [1, 1, 2, 4], TF SAME avg-pool PPM with
-    k = image_size // 8 // bin, TF1 legacy resize, block4/unit_4, logits, up_sample. Returns the taps."""
-    v1 = tf.compat.v1
-    taps = {}
-
-    def conv(x, cout, k, stride=1, rate=1, bias=False):
-        w = v1.get_variable("weights", [k, k, x.shape[-1], cout])
-        if stride == 1 and rate > 1:
-            y = tf.nn.atrous_conv2d(x, w, rate, "SAME")
-        elif stride == 1:
-            y = tf.nn.conv2d(x, w, 1, "SAME")
-        else:  # explicit symmetric pad, then VALID (holyseven never strides a dilated conv)
-            pad = [(k - 1) // 2, k - 1 - (k - 1) // 2]
-            y = tf.nn.conv2d(tf.pad(x, [[0, 0], pad, pad, [0, 0]]), w, stride, "VALID")
-        return tf.nn.bias_add(y, v1.get_variable("biases", [cout])) if bias else y
-
-    def bn(x):
-        with v1.variable_scope("BatchNorm"):
-            n = x.shape[-1]
-            beta, gamma = v1.get_variable("beta", [n]), v1.get_variable("gamma", [n])
-            mean, var = v1.get_variable("moving_mean", [n]), v1.get_variable("moving_variance", [n])
-        return tf.nn.batch_normalization(x, mean, var, beta, gamma, 1e-5)
-
-    scope = f"resnet_v1_{depth}"
-    units = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}[depth]
-    strides, rates = (1, 2, 1, 1), (1, 1, 2, 4)
-    with v1.variable_scope(scope):
-        with v1.variable_scope("conv1"):
-            x = taps[f"{scope}/conv1"] = tf.nn.relu(bn(conv(x, 64, 7, 2)))
-        x = taps[f"{scope}/pool1"] = tf.nn.max_pool2d(x, 3, 2, "SAME")
-        for b, n in enumerate(units):
-            for u in range(n):
-                name = f"block{b + 1}/unit_{u + 1}/bottleneck_v1"
-                stride = strides[b] if u == 0 else 1
-                rate = 1 if stride > 1 else rates[b]
-                with v1.variable_scope(name):
-                    with v1.variable_scope("conv1"):
-                        r = taps[f"{scope}/{name}/conv1"] = tf.nn.relu(bn(conv(x, filters[b] // 4, 1)))
-                    with v1.variable_scope("conv2"):
-                        r = taps[f"{scope}/{name}/conv2"] = tf.nn.relu(bn(conv(r, filters[b] // 4, 3, stride, rate)))
-                    with v1.variable_scope("conv3"):
-                        r = taps[f"{scope}/{name}/conv3"] = bn(conv(r, filters[b], 1))
-                    if x.shape[-1] != filters[b]:
-                        with v1.variable_scope("shortcut"):
-                            x = taps[f"{scope}/{name}/shortcut"] = bn(conv(x, filters[b], 1, stride))
-                    elif stride > 1:
-                        x = tf.nn.max_pool2d(x, 1, 2, "SAME")
-                    x = taps[f"{scope}/{name}"] = tf.nn.relu(x + r)
-            taps[f"{scope}/block{b + 1}"] = x
-            if b == 2:  # the training-only aux branch: variables only
-                with v1.variable_scope(f"block3/unit_{aux_units + 1}"):
-                    bn(conv(x, 16, 3))
-                with v1.variable_scope("aux_logits"):
-                    conv(x, num_classes, 1, bias=True)
-        taps["net"] = x
-        size = image_size // 8
-        branches = [x]
-        with v1.variable_scope("psp"):
-            for r in (6, 3, 2, 1):
-                k = size // r
-                with v1.variable_scope(f"pool{r}"):
-                    p = taps[f"{scope}/psp/pool{r}/avg_pool"] = tf.nn.avg_pool2d(x, k, k, "SAME")
-                    p = taps[f"{scope}/psp/pool{r}"] = tf.nn.relu(bn(conv(p, filters[3] // 4, 1)))
-                    p = taps[f"{scope}/psp/pool{r}/resize"] = v1.image.resize_bilinear(p, [size, size])
-                branches.append(p)
-        x = taps[f"{scope}/psp/concat"] = tf.concat(branches, 3)
-        with v1.variable_scope("block4/unit_4"):
-            x = taps[f"{scope}/block4/unit_4"] = tf.nn.relu(bn(conv(x, filters[3] // 4, 3)))
-        with v1.variable_scope("logits"):
-            x = taps[f"{scope}/logits"] = conv(x, num_classes, 1, bias=True)
-        taps[f"{scope}/up_sample"] = v1.image.resize_bilinear(x, [image_size, image_size])
-    return taps
-
-
-def _oandrienko_graph(tf, slim, x, *, base, psp_width, num_classes):
-    """fast-semantic-segmentation's PSPNet at evaluation (architectures/pspnet_architecture.py,
-    extractors/{pspnet_icnet_resnet_v1,dilated_resnet_v1}.py): slim resnet_v1_50 under SharedFeatureExtractor
-    with the block3/4 ``overide_rate`` 2/4, PSPModule (VALID avg pools, ReLU6 from the model arg_scope),
-    Predictions/Conv, Interp x8 with align_corners. Returns the taps."""
-    from tf_slim.nets import resnet_utils, resnet_v1
-
-    v1 = tf.compat.v1
-    units = {}
-
-    @slim.add_arg_scope
-    def bottleneck(inputs, depth, depth_bottleneck, stride, overide_rate=1, rate=1, outputs_collections=None):
-        with v1.variable_scope(None, "bottleneck_v1", [inputs]) as sc:
-            if depth == inputs.shape[-1]:
-                shortcut = resnet_utils.subsample(inputs, stride, "shortcut")
-            else:
-                shortcut = slim.conv2d(inputs, depth, [1, 1], stride=stride, activation_fn=None, scope="shortcut")
-            r = slim.conv2d(inputs, depth_bottleneck, [1, 1], stride=1, scope="conv1")
-            r = resnet_utils.conv2d_same(r, depth_bottleneck, 3, stride, rate=rate * overide_rate, scope="conv2")
-            r = slim.conv2d(r, depth, [1, 1], stride=1, activation_fn=None, scope="conv3")
-            out = units[sc.name] = tf.nn.relu(shortcut + r)
-            return out
-
-    def block(name, d, n, stride, rate=1):
-        unit = {"depth": d * 4, "depth_bottleneck": d, "overide_rate": rate}
-        return resnet_utils.Block(name, bottleneck, [dict(unit, stride=1)] * (n - 1) + [dict(unit, stride=stride)])
-
-    blocks = [
-        block("block1", base[0], 3, 2),
-        block("block2", base[1], 4, 2),
-        block("block3", base[2], 6, 2, rate=2),
-        block("block4", base[3], 3, 1, rate=4),
-    ]
-    bn_params = {"decay": 0.9997, "center": True, "scale": True, "epsilon": 1e-5, "is_training": False}
-    model_scope = slim.arg_scope(
-        [slim.conv2d], activation_fn=tf.nn.relu6, normalizer_fn=slim.batch_norm, normalizer_params=bn_params
-    )
-    with model_scope, slim.arg_scope([slim.batch_norm], **bn_params):
-        with v1.variable_scope("SharedFeatureExtractor"):
-            with slim.arg_scope(resnet_utils.resnet_arg_scope(batch_norm_epsilon=1e-5, batch_norm_scale=True)):
-                net, end_points = resnet_v1.resnet_v1(
-                    x, blocks, num_classes=None, is_training=False, global_pool=False, output_stride=8,
-                    include_root_block=True, scope="resnet_v1_50",
-                )  # fmt: skip
-        scope = "SharedFeatureExtractor/resnet_v1_50"
-        taps = {k: v for k, v in end_points.items() if k.startswith(scope)}
-        taps.update(units)
-        taps[f"{scope}/pool1"] = x.graph.get_tensor_by_name(f"{scope}/pool1/MaxPool:0")
-        taps["net"] = net
-        h, w = net.shape[1], net.shape[2]
-        with v1.variable_scope("PSPModule"):
-            merge = [net]
-            for i, b in enumerate((1, 2, 3, 6)):
-                name = "PSPModule/Conv" + (f"_{i}" if i else "")
-                k = [h // b, w // b]
-                p = taps[f"{name}/avg_pool"] = slim.avg_pool2d(net, k, stride=k)  # slim's default: VALID
-                p = taps[name] = slim.conv2d(p, psp_width, (1, 1), stride=1, normalizer_fn=slim.batch_norm)
-                p = taps[f"{name}/resize"] = v1.image.resize_bilinear(p, (h, w), align_corners=True)
-                merge.append(p)
-            cat = taps["PSPModule/concat"] = tf.concat(merge, -1)
-            out = taps["PSPModule/Conv_4"] = slim.conv2d(cat, psp_width, (3, 3), stride=1)
-        with v1.variable_scope("Predictions"):
-            pred = taps["Predictions/Conv"] = slim.conv2d(
-                out, num_classes, 1, 1, activation_fn=None, normalizer_fn=None
-            )
-            size = [(h - 1) * 8 + 1, (w - 1) * 8 + 1]
-            taps["Predictions/Interp"] = v1.image.resize_bilinear(pred, size, align_corners=True)
-        with v1.variable_scope("AuxPredictions"):  # training only: variables, no output
-            slim.conv2d(end_points[f"{scope}/block2"], num_classes, 1, 1, activation_fn=None, normalizer_fn=None)
-    return taps
 
 
 def _run_and_save(tf, g, x, x_np, taps, rng, path, *, value=_random_value):
@@ -498,7 +329,7 @@ def test_holyseven_pspnet_graph_parity(slim_env, tmp_path):
     g = tf.Graph()
     with g.as_default():
         x = tf.compat.v1.placeholder(tf.float32, [1, hw, hw, 3])
-        taps = _holyseven_graph(tf, x, depth=50, filters=[32, 64, 128, 256], num_classes=5, image_size=hw, aux_units=6)
+        taps = holyseven_graph(tf, x, depth=50, filters=[32, 64, 128, 256], num_classes=5, image_size=hw, aux_units=6)
         outputs = _run_and_save(tf, g, x, x_np, taps, rng, tmp_path / "model.ckpt")
     conv = convert_slim(tmp_path / "model.ckpt")
     assert conv.arch == "pspnet50" and conv.config["stride_in"] == "3x3" and conv.config["dilations"] == [1, 1, 2, 4]
@@ -531,7 +362,7 @@ def test_oandrienko_pspnet_graph_parity(slim_env, tmp_path):
     g = tf.Graph()
     with g.as_default():
         x = tf.compat.v1.placeholder(tf.float32, [1, *hw, 3])
-        taps = _oandrienko_graph(tf, slim, x, base=[8, 16, 32, 64], psp_width=16, num_classes=5)
+        taps = oandrienko_graph(tf, slim, x, base=[8, 16, 32, 64], psp_width=16, num_classes=5, aux=True)
         outputs = _run_and_save(tf, g, x, x_np, taps, rng, tmp_path / "model.ckpt", value=_oandrienko_value)
     assert outputs["PSPModule/Conv_4"].max() == 6.0 and outputs["PSPModule/Conv"].max() == 6.0  # ReLU6 clips
     assert outputs["PSPModule/Conv_3/avg_pool"].shape[1:3] == (7, 6)

@@ -2,7 +2,8 @@
 
 Runtimes, each used when available: pycaffe (if importable) and OpenCV dnn for Caffe prototxt + caffemodel
 (per layer, through the conversion's tap map), TensorFlow for TF checkpoints (every checkpoint tensor as TF
-reads it against the converted tensor), onnxruntime for an exported ONNX file (final output). The input is a
+reads it against the converted tensor, then the checkpoint's own tf_slim graph run per end-point),
+onnxruntime for an exported ONNX file (final output). The input is a
 user image or a seeded synthetic image with the model's preprocessing (metadata). The report says which
 runtimes ran, which were not available and why, and which layers no runtime could check.
 """
@@ -327,16 +328,8 @@ def verify_caffe(
 # ---------------------------------------------------------------------------------------- TensorFlow
 
 
-def verify_tf_checkpoint(model: Any, meta: dict[str, Any], prefix: Path) -> tuple[RuntimeUse, list[tuple[str, str]]]:
-    """Every checkpoint tensor as TensorFlow reads it, in PyTorch layout, against the converted tensor."""
-    from segconvert.parity.report import ParityReport, compare
-
-    use = RuntimeUse("tensorflow")
-    try:
-        import tensorflow as tf
-    except ImportError:
-        use.reason = "not installed (pip install 'segconvert[parity]')"
-        return use, [("all layers", "TensorFlow is not installed")]
+def _tf_conversion(meta: dict[str, Any], prefix: Path) -> Any:
+    """The conversion of the checkpoint as ``meta`` says it was converted (TFConversion)."""
     from segconvert.converters.keras import convert_hellochick, is_caffe_named_checkpoint
     from segconvert.converters.slim import convert_slim
     from segconvert.formats.tf_checkpoint import open_checkpoint
@@ -344,18 +337,32 @@ def verify_tf_checkpoint(model: Any, meta: dict[str, Any], prefix: Path) -> tupl
     cfg = meta.get("config", {})
     with open_checkpoint(prefix) as ckpt:
         if is_caffe_named_checkpoint(ckpt.keys()):  # hellochick/PSPNet-tensorflow: Caffe layer names
-            conv = convert_hellochick(
+            return convert_hellochick(
                 ckpt, arch=meta["arch"], input_size=cfg.get("input_size") or 473, bn_eps=cfg.get("bn_eps", 1e-5)
             )
-        else:
-            conv = convert_slim(
-                ckpt,
-                arch=meta["arch"] if meta["arch"] in ("resnet", "pspnet50", "pspnet101") else "auto",
-                output_stride=cfg.get("output_stride"),
-                bn_eps=cfg.get("bn_eps", 1e-5),
-                classifier=bool(cfg.get("num_classes")) and meta["arch"] == "resnet",
-                stride_in=cfg.get("stride_in"),
-            )
+        return convert_slim(
+            ckpt,
+            arch=meta["arch"] if meta["arch"] in ("resnet", "pspnet50", "pspnet101") else "auto",
+            output_stride=cfg.get("output_stride"),
+            bn_eps=cfg.get("bn_eps", 1e-5),
+            classifier=bool(cfg.get("num_classes")) and meta["arch"] == "resnet",
+            stride_in=cfg.get("stride_in"),
+        )
+
+
+def verify_tf_checkpoint(model: Any, meta: dict[str, Any], prefix: Path, conv: Any = None) -> RuntimeUse:
+    """Every checkpoint tensor as TensorFlow reads it, in PyTorch layout, against the converted tensor."""
+    from segconvert.parity.report import ParityReport, compare
+
+    use = RuntimeUse("tensorflow")
+    try:
+        from segconvert.parity.tf_runtime import import_tensorflow
+
+        tf = import_tensorflow()
+    except ImportError:
+        use.reason = "not installed (pip install 'segconvert[parity]')"
+        return use
+    conv = conv if conv is not None else _tf_conversion(meta, prefix)
     reader = tf.train.load_checkpoint(str(prefix))
     state = model.state_dict()
     rep = ParityReport(source=f"TensorFlow {tf.__version__} checkpoint reader")
@@ -372,7 +379,73 @@ def verify_tf_checkpoint(model: Any, meta: dict[str, Any], prefix: Path) -> tupl
         rep.rows.append(row)
     use.version, use.used, use.report = tf.__version__, True, rep
     use.what = f"{len(rep.rows)} checkpoint tensors"
-    return use, [("every layer's output", "the checkpoint has no graph: TensorFlow checked the tensors only")]
+    return use
+
+
+def _has_weights(model: Any, path: str) -> bool:
+    """Whether the module at ``path`` exists and holds converted tensors."""
+    try:
+        module = model.get_submodule(path) if path else model
+    except AttributeError:
+        return False
+    return module is not None and any(True for _ in module.state_dict())
+
+
+def verify_tf_graph(
+    model: Any,
+    meta: dict[str, Any],
+    prefix: Path,
+    x: np.ndarray,
+    *,
+    conv: Any = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> tuple[RuntimeUse, list[tuple[str, str]]]:
+    """The checkpoint's own network run by TensorFlow (tf_slim graph) against the model, per end-point.
+
+    ``x`` is the NCHW model input (fed to TF as NHWC). Returns (runtime, layers no runtime could check).
+    """
+    from segconvert.converters._tf_common import nhwc_parity
+
+    use = RuntimeUse("tensorflow (graph)")
+    whole = "every layer's output"
+    try:
+        from segconvert.parity.tf_runtime import graph_unsupported, import_slim, run_slim_checkpoint
+
+        tf = import_slim()[0]
+    except ImportError as exc:
+        use.reason = f"not installed ({exc.name or 'tensorflow / tf_slim'}; pip install 'segconvert[parity]')"
+        return use, [(whole, "TensorFlow / tf_slim is not installed")]
+    use.version = tf.__version__
+    conv = conv if conv is not None else _tf_conversion(meta, prefix)
+    if conv.source_format.startswith("keras") or not any(v.endswith("stem.relu1") for v in conv.tap_map.values()):
+        use.reason = "no graph builder for this checkpoint layout (hellochick PSPNet-tensorflow / Caffe layer names)"
+        return use, [(whole, f"the checkpoint holds tensors only and {use.reason}")]
+    x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    why = graph_unsupported(meta["arch"], conv.config, conv.tap_map, (x_nhwc.shape[1], x_nhwc.shape[2]))
+    if why is not None:
+        use.reason = f"no graph builder: {why}"
+        return use, [(whole, use.reason)]
+    try:
+        refs, desc = run_slim_checkpoint(prefix, meta["arch"], conv.config, conv.tap_map, x_nhwc)
+    except (SegconvertError, ValueError, tf.errors.OpError) as exc:
+        text = exc.one_line() if isinstance(exc, SegconvertError) else f"{type(exc).__name__}: {exc}"
+        use.reason = f"failed: {' '.join(text.split())[:300]}"
+        return use, [(whole, use.reason)]
+    rep, _ = nhwc_parity(model, conv.tap_map, x_nhwc, refs, source=f"TensorFlow {tf.__version__}: {desc}")
+    first = min(FIRST_TOLERANCE, tolerance)
+    last = max(len(rep.rows) - 1, 1)
+    for i, row in enumerate(rep.rows):  # graph order; float32 rounding grows with depth, as in verify_caffe
+        row.tolerance = first * (tolerance / first) ** (i / last)
+        row.ok = bool(row.rel <= row.tolerance)
+    use.used, use.report, use.what = True, rep, f"{len(rep.rows)} layers"
+    unchecked = [
+        (k, "no TensorFlow end-point for it in the graph")
+        for k, path in conv.tap_map.items()
+        if k not in refs and _has_weights(model, path)  # an identity / subsample shortcut converts nothing
+    ]
+    if meta["arch"] == "resnet" and conv.config.get("num_classes"):
+        unchecked.append(("fc", "the classifier is not compared (TF's logits are globally pooled)"))
+    return use, unchecked
 
 
 # -------------------------------------------------------------------------------------------- ONNX
@@ -448,7 +521,9 @@ def verify_conversion(
         result.unchecked += unchecked
         result.notes += notes
     if "checkpoint" in kinds:
-        use, unchecked = verify_tf_checkpoint(model, meta, kinds["checkpoint"])
+        conv = _tf_conversion(meta, kinds["checkpoint"])
+        result.runtimes.append(verify_tf_checkpoint(model, meta, kinds["checkpoint"], conv))
+        use, unchecked = verify_tf_graph(model, meta, kinds["checkpoint"], x, conv=conv, tolerance=tolerance)
         result.runtimes.append(use)
         result.unchecked += unchecked
     if "keras" in kinds:
