@@ -173,3 +173,34 @@ def test_pspnet_project_graphs(project, tmp_path):
         code, text = run_verify(weights, tmp_path / "model.ckpt", "--input-size", "97", "97", "--json")
         graph = next(r for r in json.loads(text)["runtimes"] if r["name"] == "tensorflow (graph)")
         assert not graph["used"] and "multiple of 8" in graph["reason"]
+
+
+def test_evenly_within_keeps_first_and_last_under_the_budget():
+    from segconvert.parity.tf_runtime import _evenly_within
+
+    keys = [f"k{i}" for i in range(10)]
+    sizes = dict.fromkeys(keys, 100)
+    assert _evenly_within(keys, sizes, None) == keys and _evenly_within(keys, sizes, 1000) == keys
+    kept = _evenly_within(keys, sizes, 450)
+    assert kept[0] == "k0" and kept[-1] == "k9" and sum(sizes[k] for k in kept) <= 450 and len(kept) == 4
+    assert _evenly_within(keys, sizes, 10) == ["k0", "k9"]
+
+
+@pytest.mark.parity
+@pytest.mark.filterwarnings("ignore:`layer.apply` is deprecated")
+def test_tf_end_points_are_thinned_to_a_memory_budget(slim50):
+    """A small budget fetches an evenly spaced subset of the end-points (first and last kept) and says so."""
+    from segconvert.converters.slim import convert_slim
+    from segconvert.parity.tf_runtime import run_slim_checkpoint
+
+    ckpt, _ = slim50
+    conv = convert_slim(ckpt, output_stride=16)
+    x = np.random.default_rng(0).normal(0, 50, (1, 65, 65, 3)).astype(np.float32)
+    every, _ = run_slim_checkpoint(ckpt, "resnet", conv.config, conv.tap_map, x)
+    budget = sum(v.nbytes for v in every.values()) // 4
+    some, desc = run_slim_checkpoint(ckpt, "resnet", conv.config, conv.tap_map, x, max_bytes=budget)
+    assert 2 <= len(some) < len(every) and sum(v.nbytes for v in some.values()) <= budget
+    first, last = next(iter(every)), list(every)[-1]
+    assert first in some and last in some and f"{len(some)} of {len(every)} end-points fetched" in desc
+    for k, v in some.items():
+        np.testing.assert_array_equal(v, every[k])

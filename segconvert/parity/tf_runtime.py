@@ -332,10 +332,14 @@ def run_slim_checkpoint(
     config: dict[str, Any],
     tap_map: dict[str, str],
     x_nhwc: np.ndarray,
+    max_bytes: int | None = None,
 ) -> tuple[dict[str, np.ndarray], str]:
     """Build the graph that fits a slim conversion (``arch``, ``config``, ``tap_map``), set its variables from
     the checkpoint ``prefix``, run it on ``x_nhwc`` and return ``({end-point: NHWC value}, graph description)``,
     the end-points in the graph's order.
+
+    ``max_bytes``: fetch an evenly spaced subset of the end-points (always the last) whose float32 values fit
+    in it, for full-width nets at full resolution; the description says how many were kept.
 
     Raises ImportError without TensorFlow / tf_slim, :class:`CheckpointError` when a graph variable is missing
     from the checkpoint or has another shape, ValueError when no builder fits (see :func:`graph_unsupported`).
@@ -390,9 +394,25 @@ def run_slim_checkpoint(
                     key=name,
                 )
             feed[v.initial_value] = value
+        position = {op.name: i for i, op in enumerate(g.get_operations())}  # graph (execution) order
+        wanted = sorted((k for k in taps if k in tap_map), key=lambda k: position[taps[k].op.name])
+        kept = _evenly_within(wanted, {k: 4 * (taps[k].shape.num_elements() or 0) for k in wanted}, max_bytes)
+        if len(kept) < len(wanted):
+            desc += f", {len(kept)} of {len(wanted)} end-points fetched (kept under {max_bytes >> 20} MiB)"
         with v1.Session(graph=g) as sess:
             sess.run([v.initializer for v in variables], feed)
-            outputs = sess.run({k: t for k, t in taps.items() if k in tap_map}, {x: x_nhwc})
-    position = {op.name: i for i, op in enumerate(g.get_operations())}  # graph (execution) order
-    keys = sorted(outputs, key=lambda k: position[taps[k].op.name])
-    return {k: np.asarray(outputs[k]) for k in keys}, f"{desc}, {len(variables)} variables restored"
+            outputs = sess.run({k: taps[k] for k in kept}, {x: x_nhwc})
+    return {k: np.asarray(outputs[k]) for k in kept}, f"{desc}, {len(variables)} variables restored"
+
+
+def _evenly_within(keys: list[str], sizes: dict[str, int], max_bytes: int | None) -> list[str]:
+    """``keys`` thinned evenly (first and last kept) until their ``sizes`` sum to at most ``max_bytes``."""
+    if max_bytes is None or sum(sizes.values()) <= max_bytes or len(keys) < 3:
+        return keys
+    keep = max(2, int(len(keys) * max_bytes / max(sum(sizes.values()), 1)))
+    while keep > 2:
+        chosen = [keys[i] for i in sorted({round(j * (len(keys) - 1) / (keep - 1)) for j in range(keep)})]
+        if sum(sizes[k] for k in chosen) <= max_bytes:
+            return chosen
+        keep -= 1
+    return [keys[0], keys[-1]]
