@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +14,7 @@ import segconvert
 from segconvert.errors import WeightsFileError
 from segconvert.testing import fixture_path
 from segconvert.weights.store import read_metadata
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "segconvert.cli", *args], capture_output=True, text=True, timeout=600, check=False
-    )
+from tests.cli_runner import run_process
 
 
 def _sha(p: Path) -> str:
@@ -32,7 +25,7 @@ def _sha(p: Path) -> str:
 def converted(tmp_path_factory):
     case = fixture_path("caffe", "pspnet50_ade20k_473")
     out = tmp_path_factory.mktemp("c2t")
-    res = run(
+    res = run_process(
         "caffe2torch", str(case / "net.prototxt"), str(case / "weights.caffemodel"),
         "-o", str(out / "a.safetensors"), "--parity", str(case),
     )  # fmt: skip
@@ -79,7 +72,7 @@ def test_byte_identical_when_run_twice_and_pth(converted, tmp_path):
     case, out, _ = converted
     args = [str(case / "net.prototxt"), str(case / "weights.caffemodel")]
     for name in ("b.safetensors", "c.safetensors", "d.pth", "e.pth"):
-        assert run("caffe2torch", *args, "-o", str(tmp_path / name)).returncode == 0
+        assert run_process("caffe2torch", *args, "-o", str(tmp_path / name)).returncode == 0
     assert _sha(tmp_path / "b.safetensors") == _sha(tmp_path / "c.safetensors")
     side_b, side_c = (json.loads((tmp_path / f"{n}.safetensors.json").read_text()) for n in "bc")
     assert side_b["weights_file"].pop("path") == "b.safetensors"
@@ -94,7 +87,7 @@ def test_byte_identical_when_run_twice_and_pth(converted, tmp_path):
 def test_wrong_architecture_is_one_line_and_no_output(tmp_path):
     case = fixture_path("caffe", "pspnet50_ade20k_473")
     out = tmp_path / "x.safetensors"
-    res = run("caffe2torch", str(case / "net.prototxt"), str(case / "weights.caffemodel"), "-o", str(out),
+    res = run_process("caffe2torch", str(case / "net.prototxt"), str(case / "weights.caffemodel"), "-o", str(out),
               "--arch", "deeplabv2_resnet101")  # fmt: skip
     assert res.returncode == 2, res.stdout + res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
@@ -106,7 +99,7 @@ def test_truncated_caffemodel_is_one_line_and_no_output(tmp_path):
     cut = tmp_path / "cut.caffemodel"
     cut.write_bytes((case / "weights.caffemodel").read_bytes()[:100_000])
     out = tmp_path / "x.safetensors"
-    res = run("caffe2torch", str(case / "net.prototxt"), str(cut), "-o", str(out))
+    res = run_process("caffe2torch", str(case / "net.prototxt"), str(cut), "-o", str(out))
     assert res.returncode == 2
     line = res.stderr.strip()
     assert "\n" not in line and str(cut) in line and "byte offset" in line
@@ -125,7 +118,7 @@ def test_load_model_rejects_foreign_files(tmp_path):
 
 
 def test_demo_runs_the_whole_path(tmp_path):
-    res = run("demo", "--out", str(tmp_path))
+    res = run_process("demo", "--out", str(tmp_path))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "4. ran the converted model: (1, 3, 473, 473) -> (1, 150, 473, 473)" in res.stdout
     model = segconvert.load_model(tmp_path / "pspnet50_473.safetensors")
@@ -151,7 +144,7 @@ def test_a_command_ending_in_click_exit_1_gives_status_1(tmp_path):
         (dump / name).symlink_to(root / name)
     outputs = {k: v * 1.5 for k, v in np.load(root / "outputs.npz").items()}  # every reference off by 50%
     np.savez(dump / "outputs.npz", **outputs)
-    res = run(
+    res = run_process(
         "caffe2torch",
         str(root / "net.prototxt"),
         str(root / "weights.caffemodel"),

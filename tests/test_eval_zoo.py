@@ -16,7 +16,7 @@ from PIL import Image
 from segconvert.eval.protocols import PROTOCOLS, get_protocol
 from segconvert.testing import fixture_path
 from segconvert.weights import zoo
-from tests.test_eval_datasets import run_cli
+from tests.cli_runner import run_cli
 
 
 def _score(entry, value):
@@ -131,7 +131,7 @@ def test_kazuto_weights_are_listed_but_not_reproducible(tmp_path, capsys):
     assert e["files"][0]["name"] == "deeplabv2_resnet101_msc-vocaug-20000.pth" and e["protocol"] is None
     w = tmp_path / "w.pth"
     w.write_bytes(b"x")
-    code, _, err = run_cli(["reproduce", e["name"], "--root", str(tmp_path), "--weights", str(w)], capsys)
+    code, _, err = run_cli("reproduce", e["name"], "--root", str(tmp_path), "--weights", str(w))
     assert code == 2 and "nothing to reproduce" in err and "align_corners=False" in err
 
 
@@ -146,14 +146,14 @@ def test_split_scores_explains_exclusions():
 
 
 def test_zoo_cli(capsys):
-    code, out, err = run_cli(["zoo"], capsys)
+    code, out, err = run_cli("zoo")
     assert code == 0, err
     assert "pspnet101_cityscapes" in out and "79.70" in out and "[not comparable]" in out
-    code, out, _ = run_cli(["zoo", "--json"], capsys)
+    code, out, _ = run_cli("zoo", "--json")
     assert {e["name"] for e in json.loads(out)} == set(zoo.names())
-    code, out, _ = run_cli(["zoo", "pspnet50_ade20k"], capsys)
+    code, out, _ = run_cli("zoo", "pspnet50_ade20k")
     assert json.loads(out)["files"][0]["name"] == "pspnet50_ADE20K.caffemodel"
-    code, _, err = run_cli(["zoo", "nope"], capsys)
+    code, _, err = run_cli("zoo", "nope")
     assert code == 2 and "unknown zoo entry" in err
 
 
@@ -197,7 +197,7 @@ def test_reproduce_prints_ours_vs_published(tmp_path, capsys, monkeypatch):
     w = tmp_path / "w.safetensors"
     w.write_bytes(b"x")
     base = ["reproduce", "deeplabv2_resnet101_msc_voc12", "--root", str(root), "--weights", str(w), "--device", "cpu"]
-    code, out, err = run_cli([*base, "--json", "--quiet"], capsys)
+    code, out, err = run_cli(*base, "--json", "--quiet")
     assert code == 0, err
     res = json.loads(out)
     n0, n15 = int((label == 0).sum()), int((label == 15).sum())
@@ -207,7 +207,7 @@ def test_reproduce_prints_ours_vs_published(tmp_path, capsys, monkeypatch):
     assert rows[76.35]["ours"] == pytest.approx(ours) and rows[76.35]["diff"] == pytest.approx(ours - 76.35)
     assert {n["value"] for n in res["not_comparable"]} == {77.69, 79.7, 78.48, 74.39}
     assert res["protocol"]["name"] == "deeplab-msc" and seen == [str(w)]
-    code, out, err = run_cli([*base, "--quiet"], capsys)
+    code, out, err = run_cli(*base, "--quiet")
     assert code == 0
     assert ours == pytest.approx(70.0, abs=1e-3)  # (1/2 + 0 + 1 + 1 + 1) / 5: background and person halve each other
     assert re.search(r"mIoU\s+76\.35\s+70\.00\s+-6\.35\s+kazuto1011/deeplab-pytorch", out)
@@ -234,7 +234,7 @@ def _reproduce_json(name, root, model, tmp_path, capsys, monkeypatch, *extra):
     monkeypatch.setattr("segconvert.eval.runner.load_weights", lambda p, d: model)
     w = tmp_path / "w.safetensors"
     w.write_bytes(b"x")
-    code, out, err = run_cli(["reproduce", name, "--root", str(root), "--weights", str(w), *extra, "--json"], capsys)
+    code, out, err = run_cli("reproduce", name, "--root", str(root), "--weights", str(w), *extra, "--json")
     assert code == 0, err
     return json.loads(out)
 
@@ -282,12 +282,10 @@ def test_reproduce_refuses_test_server_target(tmp_path, capsys):
     w = tmp_path / "w.pth"
     w.write_bytes(b"x")
     code, _, err = run_cli(
-        ["reproduce", "pspnet101_voc2012", "--root", str(tmp_path), "--weights", str(w), "--setting", "ms"], capsys
+        *["reproduce", "pspnet101_voc2012", "--root", str(tmp_path), "--weights", str(w), "--setting", "ms"]
     )
     assert code == 2 and "TEST SERVER" in err and "--allow-noncomparable" in err
-    code, _, err = run_cli(
-        ["reproduce", "slim_resnet_v1_50_imagenet", "--root", str(tmp_path), "--weights", str(w)], capsys
-    )
+    code, _, err = run_cli("reproduce", "slim_resnet_v1_50_imagenet", "--root", str(tmp_path), "--weights", str(w))
     assert code == 2 and "nothing to reproduce" in err
 
 

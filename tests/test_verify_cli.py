@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,34 +14,10 @@ from segconvert.commands.verify import _budget, classify_sources
 from segconvert.errors import SegconvertError
 from segconvert.testing import fixture_path
 from segconvert.weights.store import read_metadata, save_converted
+from tests.cli_runner import run_cli, run_process
 
 pytest.importorskip("cv2")
 HAVE_PYCAFFE = importlib.util.find_spec("caffe") is not None
-
-
-def run_process(*args: str) -> subprocess.CompletedProcess[str]:
-    """``segconvert verify`` in a fresh process (exit status as a shell sees it)."""
-    return subprocess.run(
-        [sys.executable, "-m", "segconvert.cli", "verify", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    """The same in this process (no interpreter / torch start-up): ``segconvert.cli.main`` with captured output."""
-    from segconvert.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(["verify", *map(str, args)])
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def _tensors(path) -> dict[str, torch.Tensor]:
@@ -66,7 +38,7 @@ def psp(tmp_path_factory):
 
 def test_good_conversion_passes_and_says_which_runtimes(psp):
     d, weights = psp
-    res = run_process(weights, d / "net.prototxt", d / "weights.caffemodel", "--json")
+    res = run_process("verify", weights, d / "net.prototxt", d / "weights.caffemodel", "--json")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr
     out = json.loads(res.stdout)
     assert out["ok"] and out["first_failure"] is None and out["unchecked_layers"] == []
@@ -90,14 +62,14 @@ def test_corrupted_bn_mean_fails_at_that_layer(psp, tmp_path):
     state[key] = state[key].clone()
     state[key][0] -= 2.0
     bad = save_converted(tmp_path / "bad.safetensors", state, read_metadata(weights))
-    res = run(bad, d / "net.prototxt", d / "weights.caffemodel", "--json")
+    res = run_cli("verify", bad, d / "net.prototxt", d / "weights.caffemodel", "--json")
     assert res.returncode == 1, res.stderr
     out = json.loads(res.stdout)
     assert not out["ok"] and out["first_failure"]["layer"] == "conv3_1_3x3/relu"
     rows = next(r for r in out["runtimes"] if r["name"] == "opencv-dnn")["report"]["layers"]
     idx = [r["name"] for r in rows].index("conv3_1_3x3/relu")
     assert all(r["ok"] for r in rows[:idx]) and rows[idx]["rel"] > 1e-2
-    text = run_process(bad, d / "net.prototxt", d / "weights.caffemodel")
+    text = run_process("verify", bad, d / "net.prototxt", d / "weights.caffemodel")
     assert text.returncode == 1
     lines = text.stdout.splitlines()
     assert "FIRST DIVERGENCE: conv3_1_3x3/relu (ReLU); likely cause:" in text.stdout
@@ -128,7 +100,7 @@ def test_changed_source_file_is_noted(psp, tmp_path):
     assert pos > 0
     raw[pos : pos + 4] = np.float32(blob.reshape(-1)[0] + 5.0).tobytes()
     src.write_bytes(bytes(raw))
-    res = run(weights, d / "net.prototxt", src, "--json")
+    res = run_cli("verify", weights, d / "net.prototxt", src, "--json")
     assert res.returncode == 1
     out = json.loads(res.stdout)
     assert "weights.caffemodel differs from the file that was converted (sha256 mismatch)" in out["notes"]
@@ -147,7 +119,7 @@ def test_onnx_runtime_and_image_input(psp, tmp_path):
     onnx_file = export_onnx(load_model(weights), tmp_path / "psp.onnx", (1, 3, 473, 473)).path
     image = tmp_path / "photo.png"
     Image.fromarray(synthetic_image(500, 620, seed=7)).save(image)
-    res = run(weights, "--onnx", onnx_file, "--image", image, "--json")
+    res = run_cli("verify", weights, "--onnx", onnx_file, "--image", image, "--json")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr
     out = json.loads(res.stdout)
     assert out["input"].startswith("image photo.png, 1x3x473x473, BGR minus mean [103.939, 116.779, 123.68]")
@@ -164,7 +136,7 @@ def test_deeplab_msc_through_opencv(tmp_path):
     d = fixture_path("caffe", "deeplab_v2_resnet101_msc")
     weights = tmp_path / "msc.safetensors"
     convert_caffe_files(d / "net.prototxt", d / "weights.caffemodel", weights)
-    res = run(weights, d / "net.prototxt", d / "weights.caffemodel", "--json")
+    res = run_cli("verify", weights, d / "net.prototxt", d / "weights.caffemodel", "--json")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr
     out = json.loads(res.stdout)
     names = {r["name"] for r in next(r for r in out["runtimes"] if r["name"] == "opencv-dnn")["report"]["layers"]}
@@ -183,7 +155,7 @@ def test_generic_caffe_net_real_mtcnn(tmp_path):
     conv = convert_caffe_generic(net)
     meta = {"arch": conv.arch, "config": conv.config, "input_size": None, "preprocessing": None}
     weights = save_converted(tmp_path / "det2.safetensors", conv.state_dict, meta)
-    res = run(weights, d / "det2.prototxt", d / "det2.caffemodel", "--json")
+    res = run_cli("verify", weights, d / "det2.prototxt", d / "det2.caffemodel", "--json")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr
     out = json.loads(res.stdout)
     assert out["input"].startswith("synthetic image (seed 0), 1x3x24x24, raw pixels")
@@ -198,7 +170,7 @@ def test_tf_checkpoint_tensors(tmp_path):
     ckpt = fixture_path("tf", "slim_resnet_v1_50_os8") / "model.ckpt"
     weights = tmp_path / "slim.safetensors"
     convert_slim_files(ckpt, weights, output_stride=8)
-    res = run(weights, ckpt, "--input-size", "33", "33", "--json")
+    res = run_cli("verify", weights, ckpt, "--input-size", "33", "33", "--json")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr
     out = json.loads(res.stdout)
     tf, graph = out["runtimes"]
@@ -210,7 +182,7 @@ def test_tf_checkpoint_tensors(tmp_path):
     state["layer3.2.conv2.weight"] = state["layer3.2.conv2.weight"].clone()
     state["layer3.2.conv2.weight"][0, 0, 1, 1] += 0.5
     bad = save_converted(tmp_path / "bad.safetensors", state, read_metadata(weights))
-    res = run(bad, ckpt, "--input-size", "33", "33", "--json")
+    res = run_cli("verify", bad, ckpt, "--input-size", "33", "33", "--json")
     assert res.returncode == 1
     failure = json.loads(res.stdout)["first_failure"]
     assert failure == {"runtime": f"tensorflow {tf['version']}", "layer": "layer3.2.conv2.weight", "type": "tensor"}
@@ -222,7 +194,7 @@ def test_keras_weights_file_cannot_be_run(tmp_path):
     h5 = fixture_path("keras", "pspnet_keras_style") / "weights.h5"
     weights = tmp_path / "k.safetensors"
     convert_keras_files(h5, weights)
-    res = run(weights, h5)
+    res = run_cli("verify", weights, h5)
     assert res.returncode == 1
     assert "not available: tensorflow/keras (a Keras weights file has no graph" in res.stdout
     assert res.stdout.rstrip().endswith("result: NOTHING CHECKED (no runtime could compare anything)")
@@ -238,7 +210,7 @@ def test_bad_arguments_are_one_line_errors(psp, tmp_path):
         ([d / "meta.json", d / "net.prototxt", d / "weights.caffemodel"], "meta.json"),
     ]
     for args, fragment in cases:
-        res = run(*args)
+        res = run_cli("verify", *args)
         assert res.returncode == 2, (args, res.stdout, res.stderr)
         assert fragment in res.stderr and len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
 

@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import numpy as np
 import pytest
 
 from segconvert.weights.store import read_metadata, save_converted
+from tests.cli_runner import run_cli
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("tf_slim")
-
-
-def run_verify(*args) -> tuple[int, str]:
-    """``segconvert verify ...`` through ``segconvert.cli.main`` in this process: (exit status, stdout)."""
-    from segconvert.cli import main
-
-    out = io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out):
-        try:
-            main(["verify", *map(str, args)])
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return code, out.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +42,7 @@ def slim50(tmp_path_factory):
 @pytest.mark.filterwarnings("ignore:`layer.apply` is deprecated")
 def test_verify_runs_the_slim_graph(slim50, tmp_path):
     ckpt, weights = slim50
-    code, text = run_verify(weights, ckpt, "--input-size", "65", "65", "--json")
+    code, text, _ = run_cli("verify", weights, ckpt, "--input-size", "65", "65", "--json")
     assert code == 0, text[-3000:]
     out = json.loads(text)
     graph = next(r for r in out["runtimes"] if r["name"] == "tensorflow (graph)")
@@ -84,7 +69,7 @@ def test_corrupted_bn_mean_fails_at_that_layer(slim50, tmp_path):
     state = {k: v.clone() for k, v in load_file(str(weights)).items()}
     state["layer2.1.bn1.running_mean"][3] += 1.0
     bad = save_converted(tmp_path / "bad.safetensors", state, read_metadata(weights))
-    code, text = run_verify(bad, ckpt, "--input-size", "65", "65", "--json")
+    code, text, _ = run_cli("verify", bad, ckpt, "--input-size", "65", "65", "--json")
     assert code == 1
     out = json.loads(text)
     graph = next(r for r in out["runtimes"] if r["name"] == "tensorflow (graph)")
@@ -97,7 +82,7 @@ def test_corrupted_bn_mean_fails_at_that_layer(slim50, tmp_path):
     assert after["name"] == "resnet_v1_50/block2/unit_2/bottleneck_v1/conv2" and not after["ok"]
     # the checkpoint-tensor check names the corrupted tensor itself
     assert out["first_failure"]["layer"] == "layer2.1.bn1.running_mean"
-    code, text = run_verify(bad, ckpt, "--input-size", "65", "65")
+    code, text, _ = run_cli("verify", bad, ckpt, "--input-size", "65", "65")
     assert code == 1 and "tensorflow (graph)" in text and "result: FAILED" in text
     assert "resnet_v1_50/block2/unit_2/bottleneck_v1/conv1" in text
 
@@ -126,7 +111,7 @@ def test_psp_head_fixture_runs_backbone_and_head(tmp_path):
     ckpt = fixture_path("tf", "pspnet_slim_psp_head") / "model.ckpt"
     weights = tmp_path / "psp.safetensors"
     convert_slim_files(ckpt, weights, stride_in="3x3_last")
-    code, text = run_verify(weights, ckpt, "--input-size", "97", "97", "--json")
+    code, text, _ = run_cli("verify", weights, ckpt, "--input-size", "97", "97", "--json")
     assert code == 0, text[-3000:]
     graph = next(r for r in json.loads(text)["runtimes"] if r["name"] == "tensorflow (graph)")
     names = [r["name"] for r in graph["report"]["layers"]]
@@ -161,7 +146,7 @@ def test_pspnet_project_graphs(project, tmp_path):
         _run_and_save(tf, g, x, x_np, taps, rng, tmp_path / "model.ckpt", value=value)
     weights = tmp_path / "psp.safetensors"
     convert_slim_files(tmp_path / "model.ckpt", weights)
-    code, text = run_verify(weights, tmp_path / "model.ckpt", "--input-size", *map(str, hw), "--json")
+    code, text, _ = run_cli("verify", weights, tmp_path / "model.ckpt", "--input-size", *map(str, hw), "--json")
     assert code == 0, text[-3000:]
     out = json.loads(text)
     graph = next(r for r in out["runtimes"] if r["name"] == "tensorflow (graph)")
@@ -170,7 +155,7 @@ def test_pspnet_project_graphs(project, tmp_path):
     last = "resnet_v1_50/up_sample" if project == "holyseven" else "Predictions/Interp"
     assert names[-1] == last
     if project == "holyseven":  # not a multiple of 8: the project's graph cannot be built, and the report says so
-        code, text = run_verify(weights, tmp_path / "model.ckpt", "--input-size", "97", "97", "--json")
+        code, text, _ = run_cli("verify", weights, tmp_path / "model.ckpt", "--input-size", "97", "97", "--json")
         graph = next(r for r in json.loads(text)["runtimes"] if r["name"] == "tensorflow (graph)")
         assert not graph["used"] and "multiple of 8" in graph["reason"]
 
