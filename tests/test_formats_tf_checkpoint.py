@@ -26,6 +26,7 @@ from segconvert.formats._tf_table import (
     snappy_decompress,
     unmask_crc,
 )
+from segconvert.formats.protowire import encode_varint
 from segconvert.testing import fixture_path
 
 CASES = [
@@ -59,21 +60,9 @@ def _crc32c_bitwise(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def _snappy_compress(data: bytes) -> bytes:
     """Greedy snappy encoder (literals + 2-byte-offset copies), enough to produce valid streams."""
-    out = bytearray(_varint(len(data)))
+    out = bytearray(encode_varint(len(data)))
     last: dict[bytes, int] = {}
     i = lit = 0
 
@@ -131,7 +120,7 @@ def _write_table(entries: list[tuple[bytes, bytes]], block_size: int = 4096, com
                     shared += 1
             else:
                 restarts.append(len(buf))
-            buf += _varint(shared) + _varint(len(k) - shared) + _varint(len(v)) + k[shared:] + v
+            buf += encode_varint(shared) + encode_varint(len(k) - shared) + encode_varint(len(v)) + k[shared:] + v
             prev = k
         for r in restarts or [0]:
             buf += struct.pack("<I", r)
@@ -146,8 +135,8 @@ def _write_table(entries: list[tuple[bytes, bytes]], block_size: int = 4096, com
     if cur:
         index.append((cur[-1][0], emit(build(cur))))
     meta = emit(build([]))
-    idx = emit(build([(k, _varint(o) + _varint(s)) for k, (o, s) in index]))
-    footer = _varint(meta[0]) + _varint(meta[1]) + _varint(idx[0]) + _varint(idx[1])
+    idx = emit(build([(k, encode_varint(o) + encode_varint(s)) for k, (o, s) in index]))
+    footer = encode_varint(meta[0]) + encode_varint(meta[1]) + encode_varint(idx[0]) + encode_varint(idx[1])
     out.extend(footer.ljust(40, b"\0") + struct.pack("<Q", TABLE_MAGIC))
     return bytes(out)
 
@@ -298,7 +287,9 @@ def test_crc_mask_roundtrip():
 
 def test_snappy_hand_made_stream():
     # "abcd" literal, then an overlapping copy of length 8 at offset 4, then a 2-byte-offset copy
-    stream = _varint(16) + bytes([3 << 2]) + b"abcd" + bytes([((8 - 4) << 2) | 1, 4]) + bytes([(4 - 1) << 2 | 2, 8, 0])
+    stream = (
+        encode_varint(16) + bytes([3 << 2]) + b"abcd" + bytes([((8 - 4) << 2) | 1, 4]) + bytes([(4 - 1) << 2 | 2, 8, 0])
+    )
     assert snappy_decompress(stream) == b"abcd" + b"abcdabcd" + b"abcd"
 
 
@@ -320,9 +311,9 @@ def test_snappy_garbage_raises_corrupt_only(data):
 
 def test_snappy_rejects_bombs():
     with pytest.raises(Corrupt, match="claims"):
-        snappy_decompress(_varint(1 << 40) + b"\x00a")
+        snappy_decompress(encode_varint(1 << 40) + b"\x00a")
     with pytest.raises(Corrupt, match="offset"):
-        snappy_decompress(_varint(8) + bytes([(4 - 1) << 2 | 2, 9, 0]))
+        snappy_decompress(encode_varint(8) + bytes([(4 - 1) << 2 | 2, 9, 0]))
 
 
 @given(
@@ -461,14 +452,14 @@ def test_rewritten_tables_with_snappy_blocks_read_identically(tmp_path):
 
 
 def _bundle_index(entries: dict[bytes, bytes], num_shards: int = 1) -> bytes:
-    header = b"\x08" + _varint(num_shards)
+    header = b"\x08" + encode_varint(num_shards)
     return _write_table([(b"", header), *sorted(entries.items())])
 
 
 def _entry(dtype: int, shape: list[int], offset: int, size: int, crc: int | None = None) -> bytes:
-    dims = b"".join(b"\x12" + _varint(len(d)) + d for d in (b"\x08" + _varint(x) for x in shape))
-    out = b"\x08" + _varint(dtype) + b"\x12" + _varint(len(dims)) + dims
-    out += b"\x20" + _varint(offset) + b"\x28" + _varint(size)
+    dims = b"".join(b"\x12" + encode_varint(len(d)) + d for d in (b"\x08" + encode_varint(x) for x in shape))
+    out = b"\x08" + encode_varint(dtype) + b"\x12" + encode_varint(len(dims)) + dims
+    out += b"\x20" + encode_varint(offset) + b"\x28" + encode_varint(size)
     if crc is not None:
         out += b"\x35" + struct.pack("<I", crc)
     return out

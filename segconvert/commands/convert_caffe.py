@@ -39,8 +39,9 @@ def convert_caffe_files(
     net = load_net(prototxt, caffemodel)
     timings: dict[str, float] = {"read": time.perf_counter() - t0}
     t1 = time.perf_counter()
+    from segconvert.fileio import atomic_write
     from segconvert.reference_models import create_model  # torch is imported here
-    from segconvert.weights.store import atomic_write, save_converted
+    from segconvert.weights.store import save_converted
 
     timings["import"] = time.perf_counter() - t1
     t1 = time.perf_counter()

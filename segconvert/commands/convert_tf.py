@@ -13,7 +13,8 @@ from segconvert.errors import ConversionError
 
 def _finish(conv, output: Path, fmt: str | None, files: list[Path], parity_case: Path | None, source: dict) -> dict:
     """Optional parity run, metadata, atomic write. Returns a report dict."""
-    from segconvert.weights.store import save_converted, source_entry
+    from segconvert.weights.provenance import source_entry
+    from segconvert.weights.store import save_converted
 
     timings: dict[str, float] = {}
     report: dict[str, Any] = {"conversion": conv}

@@ -153,7 +153,7 @@ def classify_sources(paths: Sequence[Path]) -> dict[str, Path]:
 
 
 def _hash_notes(meta: dict[str, Any], paths: Sequence[Path]) -> list[str]:
-    from segconvert.weights.store import sha256_file
+    from segconvert.weights.provenance import sha256_file
 
     recorded = {f.get("path"): f.get("sha256") for f in (meta.get("source") or {}).get("files", [])}
     notes = []

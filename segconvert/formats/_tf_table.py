@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from segconvert.formats import protowire
+
 
 class Corrupt(Exception):
     """Malformed input at absolute byte ``offset`` (``None`` when unknown)."""
@@ -415,21 +417,15 @@ def unmask_crc(masked: int) -> int:
 
 
 def read_varint(buf: bytes | memoryview, pos: int, end: int, base: int = 0) -> tuple[int, int]:
-    """Decode a base-128 varint at ``buf[pos]`` (at most 10 bytes, not past ``end``) -> (value, new pos)."""
-    result = 0
-    shift = 0
-    start = pos
-    while True:
-        if pos >= end:
-            raise Corrupt("truncated varint", base + start)
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result & 0xFFFFFFFFFFFFFFFF, pos
-        shift += 7
-        if shift >= 70:
-            raise Corrupt("varint longer than 10 bytes", base + start)
+    """Decode a base-128 varint at ``buf[pos]`` (at most 10 bytes, not past ``end``) -> (value, new pos).
+
+    :func:`segconvert.formats.protowire.read_varint`, with offsets reported relative to ``base``.
+    """
+    try:
+        value, pos = protowire.read_varint(buf, pos, end)
+    except protowire.WireError as exc:
+        raise Corrupt(exc.message, base + exc.offset) from None
+    return value & 0xFFFFFFFFFFFFFFFF, pos
 
 
 def to_int64(v: int) -> int:
@@ -442,35 +438,23 @@ Fields = dict[int, list]
 
 
 def parse_message(buf: bytes | memoryview, pos: int, end: int, base: int = 0) -> Fields:
-    """Split one protobuf message ``buf[pos:end]`` into its fields (no schema needed)."""
+    """Split one protobuf message ``buf[pos:end]`` into its fields (no schema needed).
+
+    The fields come from :func:`segconvert.formats.protowire.iter_fields`; offsets are reported relative to
+    ``base``.
+    """
     out: Fields = {}
-    while pos < end:
-        tag_at = pos
-        tag, pos = read_varint(buf, pos, end, base)
-        field, wire = tag >> 3, tag & 7
-        if field == 0:
-            raise Corrupt("protobuf field number 0", base + tag_at)
-        if wire == 0:
-            val, pos = read_varint(buf, pos, end, base)
-        elif wire == 1:
-            if pos + 8 > end:
-                raise Corrupt("truncated fixed64 field", base + pos)
-            val = int.from_bytes(buf[pos : pos + 8], "little")
-            pos += 8
-        elif wire == 2:
-            ln, pos = read_varint(buf, pos, end, base)
-            if ln > end - pos:
-                raise Corrupt(f"length-delimited field {field} runs past its message ({ln} bytes)", base + pos)
-            val = (pos, pos + ln)
-            pos += ln
-        elif wire == 5:
-            if pos + 4 > end:
-                raise Corrupt("truncated fixed32 field", base + pos)
-            val = int.from_bytes(buf[pos : pos + 4], "little")
-            pos += 4
-        else:
-            raise Corrupt(f"unsupported protobuf wire type {wire} (field {field})", base + tag_at)
-        out.setdefault(field, []).append((wire, val))
+    try:
+        for f in protowire.iter_fields(buf, pos, end):
+            if f.wire_type == protowire.VARINT:
+                val: Any = f.value & 0xFFFFFFFFFFFFFFFF
+            elif f.wire_type == protowire.LEN:
+                val = (f.start, f.end)
+            else:  # I64 / I32
+                val = int.from_bytes(buf[f.start : f.end], "little")
+            out.setdefault(f.number, []).append((f.wire_type, val))
+    except protowire.WireError as exc:
+        raise Corrupt(exc.message, base + exc.offset) from None
     return out
 
 

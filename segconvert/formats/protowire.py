@@ -77,7 +77,9 @@ def iter_fields(buf: bytes | memoryview, start: int, end: int) -> Iterator[Field
             yield Field(number, wire_type, tag_start, pos, pos + size, 0)
             pos += size
         elif wire_type in (SGROUP, EGROUP):
-            raise WireError(f"field {number}: protobuf groups are not used by Caffe", tag_start)
+            raise WireError(
+                f"field {number}: protobuf groups (deprecated, unused by Caffe and TF) are not supported", tag_start
+            )
         else:
             raise WireError(f"field {number}: invalid wire type {wire_type}", tag_start)
 

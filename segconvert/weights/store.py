@@ -20,17 +20,9 @@ import torch
 from segconvert import __version__
 from segconvert.errors import WeightsFileError
 from segconvert.fileio import atomic_write
-from segconvert.weights.provenance import sha256_file, source_entry
+from segconvert.weights.provenance import sha256_file
 
-__all__ = [
-    "atomic_write",
-    "save_converted",
-    "read_metadata",
-    "load_model",
-    "write_safetensors",
-    "sha256_file",
-    "source_entry",
-]
+__all__ = ["save_converted", "read_metadata", "load_model", "write_safetensors"]
 
 META_KEY = "segconvert"
 FORMATS = ("safetensors", "pth")
