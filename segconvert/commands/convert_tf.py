@@ -215,7 +215,7 @@ def slim2torch(
     )
     print_report(report)
     if "parity" in report and not report["parity"].ok:
-        raise SystemExit(1)  # cli.main (standalone_mode=False) would turn click.exceptions.Exit into exit 0
+        raise click.exceptions.Exit(1)
 
 
 @click.command()
@@ -243,4 +243,4 @@ def keras2torch(
     )
     print_report(report)
     if "parity" in report and not report["parity"].ok:
-        raise SystemExit(1)  # cli.main (standalone_mode=False) would turn click.exceptions.Exit into exit 0
+        raise click.exceptions.Exit(1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -62,4 +61,4 @@ def export_onnx(
     check = check_onnx(result.path, model, x, tolerance=tolerance or DEFAULT_TOLERANCE)
     click.echo(check.format())
     if not check.ok:
-        sys.exit(1)  # (click.exceptions.Exit is swallowed by cli.main with standalone_mode=False)
+        raise click.exceptions.Exit(1)

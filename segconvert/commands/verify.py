@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -592,4 +591,4 @@ def verify(
     else:
         print_result(result)
     if not result.ok:
-        sys.exit(1)  # (click.exceptions.Exit is swallowed by cli.main with standalone_mode=False)
+        raise click.exceptions.Exit(1)
