@@ -175,3 +175,15 @@ def test_written_files_get_the_mode_open_would_give(tmp_path):
             assert stat.S_IMODE(p.stat().st_mode) == want == 0o644, p
     finally:
         os.umask(old)
+
+
+def test_parity_dump_without_input_is_one_line_error_and_no_output(tmp_path):
+    root = fixture_path("caffe", "deeplab_v2_resnet101_single")
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    (dump / "outputs.npz").symlink_to(root / "outputs.npz")
+    out = tmp_path / "x.safetensors"
+    res = run_process("caffe2torch", root / "net.prototxt", root / "weights.caffemodel", "-o", out, "--parity", dump)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().count("\n") == 0 and "needs input.npy" in res.stderr and str(dump) in res.stderr
+    assert not out.exists() and not list(tmp_path.glob("*.safetensors*"))

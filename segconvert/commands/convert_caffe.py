@@ -39,6 +39,7 @@ def convert_caffe_files(
     net = load_net(prototxt, caffemodel)
     timings: dict[str, float] = {"read": time.perf_counter() - t0}
     t1 = time.perf_counter()
+    from segconvert.converters.caffe_auto import convert_caffe_auto
     from segconvert.fileio import atomic_write
     from segconvert.reference_models import create_model  # torch is imported here
     from segconvert.weights.store import save_converted
@@ -46,7 +47,9 @@ def convert_caffe_files(
     timings["import"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     why_generic = "requested" if generic else "--emit-source" if emit_source is not None else None
-    conv, path = _convert(net, arch, why_generic)  # checks every blob used once, every target filled once
+    if why_generic and arch is not None:
+        raise click.UsageError("--arch names a reference model; --generic / --emit-source convert layer by layer")
+    conv, path = convert_caffe_auto(net, arch, why_generic)  # every blob used once, every target filled once
     timings["map"] = time.perf_counter() - t1
     source_text = None
     if emit_source is not None:
@@ -90,7 +93,7 @@ def convert_caffe_files(
         from segconvert.parity.caffe import caffe_parity, load_dump
 
         t3 = time.perf_counter()
-        inp, outputs, fixture_meta = load_dump(parity_case)
+        inp, outputs, fixture_meta = load_dump(parity_case, net)
         parity, _ = caffe_parity(model, conv.tap_map, inp, outputs, fixture_meta, source=str(parity_case))
         timings["parity"] = time.perf_counter() - t3
         meta["parity"] = parity.summary(str(parity_case))
@@ -105,32 +108,6 @@ def convert_caffe_files(
     report["timings"] = timings
     report["output"] = output
     return report
-
-
-def _convert(net: Any, arch: str | None, why_generic: str | None) -> tuple[Any, str]:
-    """The generic path when ``why_generic`` is given or the net is no DeepLab-v2 / PSPNet (unless ``arch`` names
-    one), else the named architecture; also says which path was taken and why."""
-    from segconvert.converters import convert_caffe_net, detect_caffe_arch
-    from segconvert.converters.caffe_generic import convert_caffe_generic
-
-    if why_generic:
-        if arch is not None:
-            raise click.UsageError("--arch names a reference model; --generic / --emit-source convert layer by layer")
-        return convert_caffe_generic(net), f"generic ({why_generic})"
-    if arch is None:
-        try:
-            detect_caffe_arch(net)
-        except ConversionError as exc:
-            try:
-                conv = convert_caffe_generic(net)
-            except ConversionError as gen:
-                raise ConversionError(
-                    f"not a DeepLab-v2 / PSPNet net ({exc.message}), and the generic path failed: {gen.message}",
-                    file=gen.file,
-                    layer=gen.layer,
-                ) from None
-            return conv, f"generic (not a DeepLab-v2 / PSPNet net: {exc.message})"
-    return convert_caffe_net(net, arch=arch), "named architecture (use --generic for one module per Caffe layer)"
 
 
 # Mean pixels (B, G, R) of the released Caffe models; inputs are 0-255 BGR with no std (SPEC 3.3, 4.3).

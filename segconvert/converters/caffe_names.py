@@ -563,14 +563,20 @@ def _map_pspnet(m: _Mapper, det: DetectedArch) -> None:
 
 
 def convert_caffe_net(
-    net: Net, arch: str | None = None, overrides: dict[str, Any] | None = None, *, require_weights: bool = True
+    net: Net,
+    arch: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    require_weights: bool = True,
+    detected: DetectedArch | None = None,
 ) -> CaffeConversion:
     """Convert a loaded Caffe net (``segconvert.graph.load_net``) to a reference-model state_dict.
 
-    ``arch``/``overrides``: see :func:`detect_caffe_arch`. With ``require_weights=False`` a prototxt-only net
-    is checked structurally and gets a tap map, with an empty state_dict.
+    ``arch``/``overrides``: see :func:`detect_caffe_arch` (or pass its result as ``detected``). With
+    ``require_weights=False`` a prototxt-only net is checked structurally and gets a tap map, with an empty
+    state_dict.
     """
-    det = detect_caffe_arch(net, arch=arch, overrides=overrides)
+    det = detected if detected is not None else detect_caffe_arch(net, arch=arch, overrides=overrides)
     with_weights = any(layer.blobs for layer in net.layers)
     if require_weights and not with_weights:
         raise ConversionError("the net has no weights (prototxt only)", file=net.prototxt)

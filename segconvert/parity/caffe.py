@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from segconvert.errors import SegconvertError
 from segconvert.parity.report import ParityReport, compare
 
 
@@ -30,9 +31,25 @@ def depth_tolerance(i: int, n: int, first: float = 1e-4, last: float = 2e-3) -> 
     return first * (last / first) ** (i / (n - 1))
 
 
-def load_dump(case_dir: str | Path) -> tuple[np.ndarray, Mapping[str, np.ndarray], dict[str, Any]]:
+def load_dump(case_dir: str | Path, net: Any = None) -> tuple[np.ndarray, Mapping[str, np.ndarray], dict[str, Any]]:
+    """``input.npy``, ``outputs.npz`` and ``meta.json`` of a Caffe dump folder.
+
+    A dump without ``meta.json`` (a user's own pycaffe dump) gets the layer list of ``net``
+    (a :class:`~segconvert.graph.Net`) as its meta, or none.
+    """
     case = Path(case_dir)
-    meta = json.loads((case / "meta.json").read_text())
+    for name in ("input.npy", "outputs.npz"):
+        if not (case / name).is_file():
+            raise SegconvertError(
+                f"a Caffe dump folder needs {name} (input.npy, outputs.npz keyed '<layer>/<top>', meta.json optional)",
+                file=case,
+            )
+    if (case / "meta.json").exists():
+        meta = json.loads((case / "meta.json").read_text())
+    elif net is not None:
+        meta = {"layers": [{"name": layer.name, "type": layer.type, "tops": layer.tops} for layer in net.layers]}
+    else:
+        meta = {}
     return np.load(case / "input.npy"), np.load(case / "outputs.npz"), meta
 
 

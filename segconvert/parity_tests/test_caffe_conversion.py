@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from segconvert.parity_tests._helpers import convert, load_caffe, load_dump
+from segconvert.parity.caffe import load_dump
+from segconvert.parity_tests._helpers import convert, load_caffe
 from segconvert.parity_tests.plugin import UserFiles
 
 
