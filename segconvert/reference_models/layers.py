@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .ops import RESIZE_MODES, Interp, make_norm, resize
+from .ops import RESIZE_MODES, Interp, check_choice, make_norm, resize
 
 __all__ = ["Resize", "ConvBNReLU", "EltwiseMax", "UpsampleToInput", "fit_to_size"]
 
@@ -17,8 +17,7 @@ class Resize(nn.Module):
 
     def __init__(self, mode: str = "align_corners") -> None:
         super().__init__()
-        if mode not in RESIZE_MODES:
-            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {mode!r}")
+        check_choice("resize", mode, RESIZE_MODES)
         self.mode = mode
 
     def forward(self, x: Tensor, size: Sequence[int]) -> Tensor:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from segconvert.graph.shapes import caffe_pool_size, interp_size  # the one implementation of Caffe's size rules
 
 __all__ = [
+    "check_choice",
     "interp_size",
     "Interp",
     "caffe_pool_out",
@@ -223,6 +224,12 @@ class FrozenBatchNorm2d(nn.Module):
 
 
 NORM_KINDS = ("frozen", "bn", "syncbn")
+
+
+def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
+    """Raise ``ValueError("<name> must be one of <choices>, got <value>")`` unless ``value`` is a choice."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 def make_norm(kind: str, num_features: int, eps: float = 1e-5) -> nn.Module:

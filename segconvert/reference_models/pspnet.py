@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import ConvBNReLU, Resize, UpsampleToInput
-from .ops import RESIZE_MODES, CaffePool2d, TFSamePool2d, make_norm
+from .ops import RESIZE_MODES, CaffePool2d, TFSamePool2d, check_choice, make_norm
 from .resnet import BACKBONE_KEYS, ResNet, backbone_config, init_weights
 
 __all__ = ["PSPNet", "PyramidPooling", "PPMPool", "pspnet_config", "PPM_MODES", "HEAD_ACTS"]
@@ -28,8 +28,7 @@ HEAD_ACTS = ("relu", "relu6")  # activation of the pyramid-pooling convs and the
 
 
 def _act(kind: str) -> nn.Module:
-    if kind not in HEAD_ACTS:
-        raise ValueError(f"head_act must be one of {HEAD_ACTS}, got {kind!r}")
+    check_choice("head_act", kind, HEAD_ACTS)
     return nn.ReLU6(inplace=True) if kind == "relu6" else nn.ReLU(inplace=True)
 
 
@@ -54,8 +53,7 @@ class PPMPool(nn.Module):
                 raise ValueError("ppm_mode='fixed' needs input_size (the crop the pooling kernels are made for)")
             kernel = tuple(max(1, f // self.bin_size) for f in self.feature_size)
             self.pool = CaffePool2d("ave", kernel, kernel)
-        elif mode not in PPM_MODES:
-            raise ValueError(f"ppm_mode must be one of {PPM_MODES}, got {mode!r}")
+        check_choice("ppm_mode", mode, PPM_MODES)
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
@@ -163,12 +161,9 @@ def pspnet_config(
     ``bn_eps``, ``norm``, ...).
     """
     bb = backbone_config(depth=depth, stem=stem, output_stride=output_stride, **backbone)
-    if ppm_mode not in PPM_MODES:
-        raise ValueError(f"ppm_mode must be one of {PPM_MODES}, got {ppm_mode!r}")
-    if resize not in RESIZE_MODES:
-        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
-    if head_act not in HEAD_ACTS:
-        raise ValueError(f"head_act must be one of {HEAD_ACTS}, got {head_act!r}")
+    check_choice("ppm_mode", ppm_mode, PPM_MODES)
+    check_choice("resize", resize, RESIZE_MODES)
+    check_choice("head_act", head_act, HEAD_ACTS)
     if input_size is not None:
         input_size = [int(s) for s in ([input_size] * 2 if isinstance(input_size, int) else input_size)]
     if ppm_mode == "fixed" and input_size is None:

@@ -12,7 +12,16 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .ops import NORM_KINDS, CaffePool2d, Conv2dSame, TFSamePool2d, caffe_pool_out, conv2d_same, make_norm
+from .ops import (
+    NORM_KINDS,
+    CaffePool2d,
+    Conv2dSame,
+    TFSamePool2d,
+    caffe_pool_out,
+    check_choice,
+    conv2d_same,
+    make_norm,
+)
 
 __all__ = [
     "BACKBONE_KEYS",
@@ -103,16 +112,11 @@ def resnet_config(
     in_channels: int = 3,
 ) -> dict[str, Any]:
     """Validate and complete backbone keyword arguments into a JSON-serialisable dict."""
-    if depth not in STAGE_BLOCKS:
-        raise ValueError(f"depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}")
-    if stem not in STEMS:
-        raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
-    if stride_in not in STRIDE_IN:
-        raise ValueError(f"stride_in must be one of {STRIDE_IN}, got {stride_in!r}")
-    if padding not in PADDINGS:
-        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
-    if norm not in NORM_KINDS:
-        raise ValueError(f"norm must be one of {NORM_KINDS}, got {norm!r}")
+    check_choice("depth", depth, sorted(STAGE_BLOCKS))
+    check_choice("stem", stem, STEMS)
+    check_choice("stride_in", stride_in, STRIDE_IN)
+    check_choice("padding", padding, PADDINGS)
+    check_choice("norm", norm, NORM_KINDS)
     if stem_widths is None:
         stem_widths = [64] if stem == "7x7" else [64, 64, 128]
     stem_widths = [int(w) for w in stem_widths]
