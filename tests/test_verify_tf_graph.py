@@ -161,7 +161,7 @@ def test_pspnet_project_graphs(project, tmp_path):
 
 
 def test_evenly_within_keeps_first_and_last_under_the_budget():
-    from segconvert.parity.tf_runtime import _evenly_within
+    from segconvert.parity.report import evenly_within as _evenly_within
 
     keys = [f"k{i}" for i in range(10)]
     sizes = dict.fromkeys(keys, 100)

@@ -22,6 +22,7 @@ import click
 import numpy as np
 
 from segconvert.errors import SegconvertError
+from segconvert.parity.report import evenly_within
 
 # Outputs kept for the per-layer comparison (ours + one reference); bigger nets compare an even subset.
 MEMORY_BUDGET = 2 << 30
@@ -190,12 +191,8 @@ def _depths(net: Any) -> dict[str, int]:
 
 def _budget(taps: list[tuple[str, Any]], sizes: dict[str, int], budget: int) -> list[tuple[str, Any]]:
     """An even subset of ``taps`` (always the last) whose outputs fit ``budget`` bytes twice (ours + reference)."""
-    total = sum(sizes.get(k, 0) for k, _ in taps)
-    if 2 * total <= budget or len(taps) < 3:
-        return taps
-    keep = max(2, int(len(taps) * budget / (2 * total)))
-    idx = sorted({round(i * (len(taps) - 1) / (keep - 1)) for i in range(keep)})
-    return [taps[i] for i in idx]
+    kept = set(evenly_within([k for k, _ in taps], sizes, budget // 2))
+    return [(k, t) for k, t in taps if k in kept]
 
 
 def _pycaffe(

@@ -9,6 +9,7 @@ names together with the likely cause for that layer type.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -158,3 +159,18 @@ def compare(
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
     cosine = float(a @ b / (na * nb)) if na > 0 and nb > 0 else (1.0 if na == nb else 0.0)
     return LayerParity(name, ltype, full_shape, diff, absmax, rel, cosine, tolerance, bool(rel <= tolerance))
+
+
+def evenly_within(keys: list[str], sizes: Mapping[str, int], max_bytes: int | None) -> list[str]:
+    """``keys`` (in layer order) thinned evenly, first and last kept, until their ``sizes`` sum to at most
+    ``max_bytes``: which layers a comparison keeps when every output of a big net does not fit in memory."""
+    total = sum(sizes.get(k, 0) for k in keys)
+    if max_bytes is None or total <= max_bytes or len(keys) < 3:
+        return keys
+    keep = max(2, int(len(keys) * max_bytes / max(total, 1)))
+    while keep > 2:
+        chosen = [keys[i] for i in sorted({round(j * (len(keys) - 1) / (keep - 1)) for j in range(keep)})]
+        if sum(sizes.get(k, 0) for k in chosen) <= max_bytes:
+            return chosen
+        keep -= 1
+    return [keys[0], keys[-1]]

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from segconvert.errors import CheckpointError
+from segconvert.parity.report import evenly_within
 
 __all__ = [
     "import_tensorflow",
@@ -396,23 +397,10 @@ def run_slim_checkpoint(
             feed[v.initial_value] = value
         position = {op.name: i for i, op in enumerate(g.get_operations())}  # graph (execution) order
         wanted = sorted((k for k in taps if k in tap_map), key=lambda k: position[taps[k].op.name])
-        kept = _evenly_within(wanted, {k: 4 * (taps[k].shape.num_elements() or 0) for k in wanted}, max_bytes)
+        kept = evenly_within(wanted, {k: 4 * (taps[k].shape.num_elements() or 0) for k in wanted}, max_bytes)
         if len(kept) < len(wanted):
             desc += f", {len(kept)} of {len(wanted)} end-points fetched (kept under {max_bytes >> 20} MiB)"
         with v1.Session(graph=g) as sess:
             sess.run([v.initializer for v in variables], feed)
             outputs = sess.run({k: taps[k] for k in kept}, {x: x_nhwc})
     return {k: np.asarray(outputs[k]) for k in kept}, f"{desc}, {len(variables)} variables restored"
-
-
-def _evenly_within(keys: list[str], sizes: dict[str, int], max_bytes: int | None) -> list[str]:
-    """``keys`` thinned evenly (first and last kept) until their ``sizes`` sum to at most ``max_bytes``."""
-    if max_bytes is None or sum(sizes.values()) <= max_bytes or len(keys) < 3:
-        return keys
-    keep = max(2, int(len(keys) * max_bytes / max(sum(sizes.values()), 1)))
-    while keep > 2:
-        chosen = [keys[i] for i in sorted({round(j * (len(keys) - 1) / (keep - 1)) for j in range(keep)})]
-        if sum(sizes[k] for k in chosen) <= max_bytes:
-            return chosen
-        keep -= 1
-    return [keys[0], keys[-1]]

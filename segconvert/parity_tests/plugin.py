@@ -7,13 +7,20 @@ from pathlib import Path
 
 import pytest
 
+# UserFiles field -> (command-line option, help); paths are every field but ``arch``.
 _OPTIONS = {
-    "--caffe-prototxt": "deploy/test prototxt of the net to check",
-    "--caffe-model": "its .caffemodel",
-    "--caffe-dump": "folder with real-Caffe outputs: input.npy, outputs.npz ('<layer>/<top>' keys), meta.json",
-    "--converted": "a weights file written by segconvert (caffe2torch/slim2torch/keras2torch)",
-    "--caffe-arch": "architecture name for caffe2torch (default: detected)",
-    "--caffe-layer-cases": "folder of single-layer cases (net.prototxt, weights.caffemodel, input.npy, outputs.npz)",
+    "prototxt": ("--caffe-prototxt", "deploy/test prototxt of the net to check"),
+    "caffemodel": ("--caffe-model", "its .caffemodel"),
+    "dump": (
+        "--caffe-dump",
+        "folder with real-Caffe outputs: input.npy, outputs.npz ('<layer>/<top>' keys), meta.json",
+    ),
+    "converted": ("--converted", "a weights file written by segconvert (caffe2torch/slim2torch/keras2torch)"),
+    "arch": ("--caffe-arch", "architecture name for caffe2torch (default: detected)"),
+    "layer_cases": (
+        "--caffe-layer-cases",
+        "folder of single-layer cases (net.prototxt, weights.caffemodel, input.npy, outputs.npz)",
+    ),
 }
 
 
@@ -21,18 +28,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup(
         "segconvert", "segconvert parity suites (python -m pytest --pyargs segconvert.parity_tests)"
     )
-    for name, help_ in _OPTIONS.items():
-        group.addoption(name, default=None, help=help_)
-
-
-_OPTION_OF = {
-    "prototxt": "--caffe-prototxt",
-    "caffemodel": "--caffe-model",
-    "dump": "--caffe-dump",
-    "converted": "--converted",
-    "arch": "--caffe-arch",
-    "layer_cases": "--caffe-layer-cases",
-}
+    for option, help_ in _OPTIONS.values():
+        group.addoption(option, default=None, help=help_)
 
 
 @dataclass(frozen=True)
@@ -50,7 +47,7 @@ class UserFiles:
         """Skip the calling test unless every named input was given (and exists)."""
         for name in names:
             value = getattr(self, name)
-            option = _OPTION_OF[name]
+            option = _OPTIONS[name][0]
             if value is None:
                 pytest.skip(f"needs {option}")
             if isinstance(value, Path) and not value.exists():
@@ -59,15 +56,6 @@ class UserFiles:
 
 @pytest.fixture(scope="session")
 def user_files(request: pytest.FixtureRequest) -> UserFiles:
-    def path(opt: str) -> Path | None:
-        value = request.config.getoption(opt)
-        return Path(value).expanduser() if value else None
-
-    return UserFiles(
-        prototxt=path("--caffe-prototxt"),
-        caffemodel=path("--caffe-model"),
-        dump=path("--caffe-dump"),
-        converted=path("--converted"),
-        arch=request.config.getoption("--caffe-arch"),
-        layer_cases=path("--caffe-layer-cases"),
-    )
+    values = {field: request.config.getoption(option) for field, (option, _) in _OPTIONS.items()}
+    paths = {k: v if k == "arch" else Path(v).expanduser() if v else None for k, v in values.items()}
+    return UserFiles(**paths)

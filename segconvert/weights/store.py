@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -103,14 +103,20 @@ def write_safetensors(
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     digest = hashlib.sha256()
-    tick = _byte_progress(offset, Path(path).name) if progress and offset > 64 * 2**20 else None
+    bar = None
+    if progress and offset > 64 * 2**20:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=offset, desc=f"writing {Path(path).name}", unit="B", unit_scale=True, unit_divisor=1024, leave=False
+        )
     with open(path, "wb") as fh, ThreadPoolExecutor(max_workers=1, thread_name_prefix="segconvert-sha256") as hasher:
         pending = []  # one worker: updates run in submission order
 
         def emit(buf: memoryview | bytes) -> None:
             fh.write(buf)
             pending.append(hasher.submit(digest.update, buf))
-            if len(pending) > 64:  # bound the queue (the buffers are views, so this is about bookkeeping)
+            if len(pending) > 64:  # bound what waits to be hashed (a non-contiguous tensor's copy waits too)
                 pending.pop(0).result()
 
         emit(len(raw).to_bytes(8, "little") + raw)
@@ -119,26 +125,13 @@ def write_safetensors(
                 data = t.contiguous()
                 buf = memoryview(data.view(torch.uint8).numpy() if data.dtype == torch.bool else data.numpy())
                 emit(buf.cast("B"))
-                if tick is not None:
-                    tick(buf.nbytes)
+                if bar is not None:
+                    bar.update(buf.nbytes)
         for f in pending:
             f.result()
-    if tick is not None:
-        tick(0, close=True)
+    if bar is not None:
+        bar.close()
     return digest.hexdigest()
-
-
-def _byte_progress(total: int, name: str) -> Callable[..., None]:
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=f"writing {name}", unit="B", unit_scale=True, unit_divisor=1024, leave=False)
-
-    def tick(n: int, close: bool = False) -> None:
-        bar.update(n)
-        if close:
-            bar.close()
-
-    return tick
 
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
