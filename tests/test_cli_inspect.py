@@ -50,3 +50,18 @@ def test_inspect_bad_prototxt_names_line(tmp_path):
     res = run_process("inspect", str(p), timeout=120)
     assert res.returncode == 2
     assert res.stderr.strip().startswith(f"error: {p}:4:")
+
+
+def test_listing_the_commands_does_not_import_torch():
+    """``segconvert --help`` imports every command module; none may import torch (2 s) just to be listed."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, click; from segconvert.cli import cli; ctx = click.Context(cli); "
+        "names = cli.list_commands(ctx); assert 'eval' in names and 'verify' in names, names; "
+        "print(sorted(m for m in ('torch', 'tensorflow', 'cv2', 'onnx') if m in sys.modules))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"

@@ -12,10 +12,22 @@ import click
 DATASET_CHOICE = click.Choice(["voc", "cityscapes", "ade20k"], case_sensitive=False)
 
 
-def _protocol_choice() -> click.Choice:
-    from segconvert.eval.protocols import PROTOCOLS
+class _ProtocolChoice(click.Choice):
+    """``click.Choice`` over the protocol presets, read on first use: importing them imports torch, which
+    ``segconvert --help`` (it imports every command module) should not pay for."""
 
-    return click.Choice(list(PROTOCOLS), case_sensitive=False)
+    def __init__(self) -> None:
+        super().__init__((), case_sensitive=False)
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        from segconvert.eval.protocols import PROTOCOLS
+
+        return tuple(PROTOCOLS)
+
+    @choices.setter
+    def choices(self, value: Any) -> None:  # click.Choice.__init__ assigns it; the presets are the choices
+        pass
 
 
 def _default_protocol(meta: dict[str, Any]) -> str:
@@ -116,7 +128,7 @@ def _run(model: Any, ds: Any, proto: Any, dev: Any, run: dict[str, Any]) -> Any:
 @click.option("--dataset", type=DATASET_CHOICE, required=True, help="Dataset in its released layout.")
 @click.option("--root", type=click.Path(), required=True, help="Dataset root folder.")
 @click.option("--split", default="val", show_default=True)
-@click.option("--protocol", type=_protocol_choice(), default=None, help="Inference protocol preset.")
+@click.option("--protocol", type=_ProtocolChoice(), default=None, help="Inference protocol preset.")
 @click.option("--scales", default=None, help="'ss', 'ms' or comma-separated scales (default: the preset's).")
 @click.option("--flip/--no-flip", default=None, help="Flip augmentation (default: the preset's).")
 @click.option("--crop", type=int, default=None, help="Crop size (default: the weights' input size / preset).")

@@ -239,6 +239,7 @@ def verify_caffe(
     import torch
 
     from segconvert.graph import load_net
+    from segconvert.parity.caffe import depth_tolerance
     from segconvert.parity.opencv_runtime import net_input, opencv_run, opencv_version
     from segconvert.parity.report import ParityReport, compare
     from segconvert.reference_models import capture_outputs
@@ -272,7 +273,7 @@ def verify_caffe(
         rep = ParityReport(source=source)
         for k, t in chosen:
             if t.layer in refs:
-                tol = first * (tolerance / first) ** (depth[t.layer] / deepest)  # rounding grows with depth
+                tol = depth_tolerance(depth[t.layer], deepest + 1, first, tolerance)  # rounding grows with depth
                 rep.rows.append(compare(t.layer, layers[t.layer].type, ours[k].numpy(), refs[t.layer], tolerance=tol))
         return rep
 
@@ -401,6 +402,7 @@ def verify_tf_graph(
     ``x`` is the NCHW model input (fed to TF as NHWC). Returns (runtime, layers no runtime could check).
     """
     from segconvert.converters._tf_common import nhwc_parity
+    from segconvert.parity.caffe import depth_tolerance
 
     use = RuntimeUse("tensorflow (graph)")
     whole = "every layer's output"
@@ -432,7 +434,7 @@ def verify_tf_graph(
     first = min(FIRST_TOLERANCE, tolerance)
     last = max(len(rep.rows) - 1, 1)
     for i, row in enumerate(rep.rows):  # graph order; float32 rounding grows with depth, as in verify_caffe
-        row.tolerance = first * (tolerance / first) ** (i / last)
+        row.tolerance = depth_tolerance(i, last + 1, first, tolerance)
         row.ok = bool(row.rel <= row.tolerance)
     use.used, use.report, use.what = True, rep, f"{len(rep.rows)} layers"
     thinned = "end-points fetched" in desc
