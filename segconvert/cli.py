@@ -24,6 +24,12 @@ COMMANDS: dict[str, str] = {
     "reproduce": "segconvert.commands.evaluate:reproduce",
     "verify": "segconvert.commands.verify:verify",
     "export-onnx": "segconvert.commands.export:export_onnx",
+    # commands being built (issues 10-16); listed once their module exists
+    "predict": "segconvert.commands.predict:predict",
+    "benchmark": "segconvert.commands.benchmark:benchmark",
+    "train": "segconvert.commands.train:train",
+    "recipes": "segconvert.commands.recipes:recipes",
+    "torch2torch": "segconvert.commands.convert_torch:torch2torch",
 }
 
 

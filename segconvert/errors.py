@@ -66,3 +66,7 @@ class WeightsFileError(SegconvertError):
 
 class DatasetError(SegconvertError):
     """A dataset root or prediction folder that does not have the expected layout."""
+
+
+class OutputPathError(SegconvertError):
+    """An output path that cannot be written (read-only folder, a file in the way, no permission)."""

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from segconvert.errors import OutputPathError
+
 
 def umask_mode(mode: int = 0o666) -> int:
     """``mode`` filtered by the process umask (what ``open(path, "w")`` gives a new file)."""
@@ -34,3 +36,36 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], Any]) -> N
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_output_path(path: str | os.PathLike[str], *, directory: bool = False) -> Path:
+    """Fail early (before any work) when ``path`` cannot be written; nothing is created on failure.
+
+    A file path needs its nearest existing ancestor to be a writable directory and must not be a directory
+    itself; ``directory=True`` checks a folder that will be created (or filled) instead. Raises
+    :class:`~segconvert.errors.OutputPathError` with the path and the reason.
+    """
+    path = Path(path)
+    if not directory and path.is_dir():
+        raise OutputPathError("is a directory, expected a file path", file=path)
+    if directory and path.exists() and not path.is_dir():
+        raise OutputPathError("exists and is not a directory", file=path)
+    probe = path if (directory and path.is_dir()) else path.parent
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputPathError(f"cannot create it: {probe} is not a directory", file=path)
+    target = path if path.exists() else probe
+    if not os.access(target, os.W_OK) or (target.is_dir() and not os.access(target, os.X_OK)):
+        where = "" if target == path else f" ({target} is not writable)"
+        raise OutputPathError(f"permission denied{where}", file=path)
+    if not path.exists():  # os.access misses read-only mounts (/sys, /proc): probe with a real create
+        try:
+            fd, tmp = tempfile.mkstemp(dir=probe, prefix=".segconvert-probe-")
+        except OSError as exc:
+            raise OutputPathError(f"cannot write there: {exc.strerror or exc}", file=path) from None
+        os.close(fd)
+        os.unlink(tmp)
+    return path
