@@ -9,6 +9,7 @@ from segconvert.errors import (
     CheckpointError,
     ConversionError,
     DatasetError,
+    OutputPathError,
     SegconvertError,
     WeightsFileError,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "CheckpointError",
     "ConversionError",
     "DatasetError",
+    "OutputPathError",
     "SegconvertError",
     "WeightsFileError",
     "load_model",
@@ -35,3 +37,8 @@ def load_model(path: str, device: str = "cpu", **kwargs: Any) -> torch.nn.Module
     from segconvert.weights.store import load_model as _load
 
     return _load(path, device=device, **kwargs)
+
+
+def __dir__() -> list[str]:
+    """Only the public API (not the submodules imported on the way, nor typing helpers)."""
+    return sorted(__all__)

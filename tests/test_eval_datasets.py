@@ -230,7 +230,7 @@ def test_eval_cli_table_and_progress(tmp_path, capsys, monkeypatch):
         *["eval", str(weights), "--dataset", "voc", "--root", str(root), "--protocol", "whole", "--device", "cpu"]
     )
     assert code == 0, err
-    assert "classes          IoU       Acc" in out and "Score Average : 1.000" in out
+    assert "classes          IoU%      Acc%" in out and "Score Average : 100.00" in out
     assert "mIoU 100.00" in out and "protocol whole ss" in out
     assert re.search(r"1/1 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+img/s\]", err), err  # tqdm: elapsed<ETA, images/s
 

@@ -151,8 +151,11 @@ def test_zoo_cli(capsys):
     assert "pspnet101_cityscapes" in out and "79.70" in out and "[not comparable]" in out
     code, out, _ = run_cli("zoo", "--json")
     assert {e["name"] for e in json.loads(out)} == set(zoo.names())
-    code, out, _ = run_cli("zoo", "pspnet50_ade20k")
+    code, out, _ = run_cli("zoo", "pspnet50_ade20k", "--json")
     assert json.loads(out)["files"][0]["name"] == "pspnet50_ADE20K.caffemodel"
+    code, out, _ = run_cli("zoo", "pspnet50_ade20k")  # a table for people, not JSON
+    assert code == 0 and not out.lstrip().startswith("{")
+    assert "pspnet50_ADE20K.caffemodel" in out and "41.68" in out and "std None" not in out
     code, _, err = run_cli("zoo", "nope")
     assert code == 2 and "unknown zoo entry" in err
 

@@ -274,7 +274,7 @@ def test_failures_are_typed_and_leave_nothing(tmp_path):
     with pytest.raises(ExportError, match="opset"):
         export_onnx(nn.ReLU(), tmp_path / "b.onnx", (1, 3, 8, 8), opset=9)
     with pytest.raises(ExportError, match="N,C,H,W"):
-        export_onnx(nn.ReLU(), tmp_path / "b.onnx", (3, 8, 8))
+        export_onnx(nn.ReLU(), tmp_path / "b.onnx", (3, 8))  # N, C and at least one more axis (N,C,L for 1-D)
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "b.onnx").write_bytes(b"not onnx")
     with pytest.raises(ExportError, match="onnxruntime cannot run"):

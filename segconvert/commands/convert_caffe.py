@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import keyword
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from segconvert.errors import ConversionError
+from segconvert.commands._args import ExistingPath
+from segconvert.errors import ConversionError, SegconvertError
 
 
 def convert_caffe_files(
@@ -29,14 +31,33 @@ def convert_caffe_files(
     generic: bool = False,
     emit_source: Path | None = None,
     class_name: str | None = None,
+    keep_on_failure: bool = False,
+    input_shapes: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The whole caffe2torch job; returns a report dict (also used by ``segconvert demo``)."""
+    """The whole caffe2torch job; returns a report dict (also used by ``segconvert demo``).
+
+    Every output path is checked before the work. With ``parity_case``, nothing is written when a layer is
+    over tolerance (``report["written"]`` is False) unless ``keep_on_failure``.
+    """
+    from segconvert.fileio import check_output_path
     from segconvert.graph import load_net  # torch-free
     from segconvert.weights.provenance import hash_sources_in_background
+    from segconvert.weights.store import check_weights_output
 
+    arch, generic = resolve_caffe_arch(arch, generic)
+    check_argument_order(prototxt, caffemodel)
+    check_weights_output(output, fmt)  # weights + sidecar: one line, exit 2, before anything is read
+    if emit_source is not None:
+        check_output_path(emit_source)
     t0 = time.perf_counter()
     source_hashes = hash_sources_in_background([prototxt, caffemodel])  # a thread: overlaps reading and imports
+    from segconvert.weights.inputs import parse_input_shape
+
+    given = dict(parse_input_shape(t) for t in input_shapes)  # --input-shape NAME:N,C,H,W: one line if malformed
     net = load_net(prototxt, caffemodel)
+    redeclared = {n: v for n, v in given.items() if n in net.inputs and min(v) > 0 and net.inputs[n] != tuple(v)}
+    if redeclared:  # shapes of declared inputs: the shape inference runs with them
+        net = load_net(prototxt, caffemodel, input_shapes=redeclared)
     timings: dict[str, float] = {"read": time.perf_counter() - t0}
     t1 = time.perf_counter()
     from segconvert.converters.caffe_auto import convert_caffe_auto
@@ -70,6 +91,7 @@ def convert_caffe_files(
         "num_classes": conv.config.get("num_classes"),
         "input_size": conv.config.get("input_size"),
         "preprocessing": None if conv.arch == "caffe_generic" else caffe_preprocessing(conv.arch),
+        "inputs": caffe_inputs_meta(conv, net.inputs, given, prototxt),
         "source": {"format": "caffe", "net_name": net.name, "files": sources},
         "conversion": {
             "skipped_layers": [list(s) for s in conv.skipped_layers],
@@ -96,18 +118,71 @@ def convert_caffe_files(
         inp, outputs, fixture_meta = load_dump(parity_case, net)
         parity, _ = caffe_parity(model, conv.tap_map, inp, outputs, fixture_meta, source=str(parity_case))
         timings["parity"] = time.perf_counter() - t3
-        meta["parity"] = parity.summary(str(parity_case))
+        meta["parity"] = parity.summary(parity_case.name)  # the folder's name: no local absolute path
         report["parity"] = parity
     t4 = time.perf_counter()
-    save_converted(output, conv.state_dict, meta, fmt=fmt, progress=progress)
-    if emit_source is not None:
-        atomic_write(emit_source, lambda tmp: Path(tmp).write_text(source_text))
-        report["source"] = (emit_source, class_name)
+    report["written"] = "parity" not in report or report["parity"].ok or keep_on_failure
+    if report["written"]:
+        save_converted(output, conv.state_dict, meta, fmt=fmt, progress=progress)
+        if emit_source is not None:
+            atomic_write(emit_source, lambda tmp: Path(tmp).write_text(source_text))
+            report["source"] = (emit_source, class_name)
     timings["write"] = time.perf_counter() - t4
     timings["total"] = time.perf_counter() - t0
     report["timings"] = timings
     report["output"] = output
     return report
+
+
+CAFFE_ARCHS = ("deeplabv2_resnet101", "pspnet50", "pspnet101", "caffe_generic")
+
+
+def caffe_arch_names() -> list[str]:
+    """What ``--arch`` takes: the Caffe reference models, ``caffe_generic``, and the presets built on them."""
+    from segconvert.reference_models.registry import PRESETS  # torch is imported here only when --arch is given
+
+    return [*CAFFE_ARCHS, *sorted(n for n, p in PRESETS.items() if p["arch"] in CAFFE_ARCHS)]
+
+
+def resolve_caffe_arch(arch: str | None, generic: bool) -> tuple[str | None, bool]:
+    """``(architecture, generic)`` for an ``--arch`` value: a preset names its architecture; ``caffe_generic``
+    is the generic path; an unknown name is refused listing the known ones."""
+    if arch is None:
+        return None, generic
+    if arch == "caffe_generic":
+        return None, True
+    if arch in CAFFE_ARCHS:
+        return arch, generic
+    from segconvert.reference_models.registry import PRESETS
+
+    if arch in PRESETS and PRESETS[arch]["arch"] in CAFFE_ARCHS:
+        return PRESETS[arch]["arch"], generic
+    raise ConversionError(f"unknown --arch {arch!r}; caffe2torch knows: {', '.join(caffe_arch_names())}")
+
+
+def check_argument_order(prototxt: Path, caffemodel: Path) -> None:
+    """Refuse swapped arguments (a caffemodel first, a prototxt second) before reading either file."""
+    from segconvert.formats.detect import detect_kind
+
+    first, second = detect_kind(prototxt), detect_kind(caffemodel)
+    if first == "caffemodel" and second == "prototxt":
+        raise SegconvertError(
+            f"the arguments look swapped: {prototxt} is a binary caffemodel and {caffemodel} a text prototxt; "
+            "give the PROTOTXT first, then the CAFFEMODEL"
+        )
+    for path, kind, want in ((prototxt, first, "prototxt"), (caffemodel, second, "caffemodel")):
+        if kind in ("tf_checkpoint", "keras_h5"):
+            other = "slim2torch" if kind == "tf_checkpoint" else "keras2torch"
+            raise ConversionError(f"expected a Caffe {want}, got a {kind.replace('_', ' ')}: use {other}", file=path)
+
+
+def caffe_inputs_meta(conv: Any, declared: dict, given: dict, prototxt: Path) -> list[dict[str, Any]]:
+    """``meta["inputs"]``: the net's declared inputs, in order, with ``--input-shape`` values applied."""
+    from segconvert.weights.inputs import apply_input_shapes, caffe_input_specs, specs_to_meta
+
+    pre = None if conv.arch == "caffe_generic" else caffe_preprocessing(conv.arch)
+    specs = caffe_input_specs(conv.config, declared, pre)
+    return specs_to_meta(apply_input_shapes(specs, given, source=prototxt.name))
 
 
 # Mean pixels (B, G, R) of the released Caffe models; inputs are 0-255 BGR with no std (SPEC 3.3, 4.3).
@@ -119,16 +194,21 @@ def caffe_preprocessing(arch: str) -> dict[str, Any]:
     return {"channel_order": "BGR", "mean": mean, "std": None, "scale": 1.0}
 
 
-def print_report(report: dict[str, Any]) -> None:
+def print_report(report: dict[str, Any], *, temporary: bool = False) -> None:
+    """The conversion report; ``temporary``: the output lives in a folder deleted afterwards (name only)."""
     conv, meta, t = report["conversion"], report["meta"], report["timings"]
     click.echo(f"architecture: {conv.arch}  {_short_config(conv.config)}")
     if "path" in report:
         click.echo(f"path: {report['path']}")
+    shared = len(conv.shared_copies)
     click.echo(
         f"mapped {meta['conversion']['source_blobs']} source blobs onto {len(conv.state_dict)} tensors "
-        f"({sum(v.numel() for v in conv.state_dict.values()):,} values); "
-        f"{len(conv.shared_copies)} {'MSC copy ' if conv.arch != 'caffe_generic' else ''}layers recognised "
-        "as shared weights"
+        f"({sum(v.numel() for v in conv.state_dict.values()):,} values)"
+        + (
+            f"; {shared} {'MSC copy ' if conv.arch != 'caffe_generic' else ''}layers recognised as shared weights"
+            if shared
+            else ""
+        )
     )
     if conv.skipped_layers:
         skipped = ", ".join(f"{name} ({ltype})" for name, ltype, _ in conv.skipped_layers)
@@ -139,17 +219,27 @@ def print_report(report: dict[str, Any]) -> None:
     if pre is None:
         click.echo("expects: the net's own preprocessing (Caffe files do not record it; the metadata leaves it empty)")
     else:
-        click.echo(f"expects: {pre['channel_order']} input, 0-255, minus mean {pre['mean']}, std {pre['std']}")
+        click.echo(f"expects: {describe_preprocessing(pre)}")
     if "parity" in report:
         click.echo(report["parity"].format(every=20))
+    if not report.get("written", True):
+        click.echo(f"wrote nothing: the parity check failed (--keep-on-failure writes {report['output']} anyway)")
+        return
+    where = f"{report['output'].name} (in a temporary folder; --out DIR keeps it)" if temporary else report["output"]
     click.echo(
-        f"wrote {report['output']} (+ .json sidecar) in {t['total']:.2f}s "
+        f"wrote {where} (+ .json sidecar) in {t['total']:.2f}s "
         f"(read {t['read']:.2f}s, import torch {t['import']:.2f}s, map {t['map']:.2f}s, "
         f"waiting for sha256 {t['hash_wait']:.2f}s, write {t['write']:.2f}s)"
     )
     if "source" in report:
         path, class_name = report["source"]
         click.echo(f"wrote {path}: class {class_name}, loads {report['output'].name} with load_state_dict")
+
+
+def describe_preprocessing(pre: dict[str, Any]) -> str:
+    """``BGR input, 0-255, minus mean [...]`` (+ ``, divided by std [...]`` only where there is a std)."""
+    text = f"{pre['channel_order']} input, 0-255, minus mean {pre['mean']}"
+    return text + (f", divided by std {pre['std']}" if pre.get("std") is not None else "")
 
 
 def _short_config(config: dict[str, Any]) -> str:
@@ -161,17 +251,24 @@ def _short_config(config: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.argument("prototxt", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("caffemodel", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("prototxt", type=ExistingPath())
+@click.argument("caffemodel", type=ExistingPath())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--arch", help="Architecture name (default: detected from the prototxt).")
+@click.option(
+    "--arch",
+    help=f"Default: detected from the prototxt. One of: {', '.join(CAFFE_ARCHS)} (= --generic), or a preset "
+    "(pspnet50_ade20k, pspnet101_voc2012, pspnet101_cityscapes, deeplabv2_resnet101_voc12). A name that does not "
+    "fit the net is refused, saying what the net is.",
+)
 @click.option("--format", "fmt", type=click.Choice(["safetensors", "pth"]), help="Default: from the suffix.")
 @click.option(
     "--parity",
     "parity_case",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="A Caffe dump folder (input.npy, outputs.npz, meta.json) to check the converted model against.",
+    type=ExistingPath(folder=True),
+    help="A Caffe dump folder (input.npy, outputs.npz, meta.json) to check the converted model against; "
+    "nothing is written when a layer is over tolerance (see --keep-on-failure).",
 )
+@click.option("--keep-on-failure", is_flag=True, help="With --parity: write the output even when the check fails.")
 @click.option(
     "--generic",
     is_flag=True,
@@ -184,6 +281,13 @@ def _short_config(config: dict[str, Any]) -> str:
     help="Also write the model's readable PyTorch source here (imports only torch); implies --generic.",
 )
 @click.option("--class-name", help="Class name in the --emit-source file (default: the net's name, else Net).")
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME:N,C,H,W",
+    help="Shape of a net input (repeatable; -1 = free axis), recorded for export-onnx / verify / predict.",
+)
 def caffe2torch(
     prototxt: Path,
     caffemodel: Path,
@@ -194,6 +298,8 @@ def caffe2torch(
     generic: bool,
     emit_source: Path | None,
     class_name: str | None,
+    keep_on_failure: bool,
+    input_shapes: tuple[str, ...],
 ) -> None:
     """Convert a Caffe PROTOTXT + CAFFEMODEL to PyTorch weights with provenance metadata.
 
@@ -211,6 +317,8 @@ def caffe2torch(
         generic=generic,
         emit_source=emit_source,
         class_name=class_name,
+        keep_on_failure=keep_on_failure,
+        input_shapes=input_shapes,
     )
     print_report(report)
     if "parity" in report and not report["parity"].ok:

@@ -8,11 +8,26 @@ from typing import Any
 
 import click
 
+from segconvert.commands._args import ExistingPath
 from segconvert.errors import ConversionError
 
+# --arch names slim2torch takes: resnet_v1_N = the backbone of that depth (the slim names users know)
+SLIM_ARCH_NAMES = ("auto", "resnet", "resnet_v1_50", "resnet_v1_101", "resnet_v1_152", "pspnet50", "pspnet101")
 
-def _finish(conv, output: Path, fmt: str | None, files: list[Path], parity_case: Path | None, source: dict) -> dict:
-    """Optional parity run, metadata, atomic write. Returns a report dict."""
+
+def _finish(
+    conv,
+    output: Path,
+    fmt: str | None,
+    files: list[Path],
+    parity_case: Path | None,
+    source: dict,
+    keep_on_failure: bool = False,
+) -> dict:
+    """Optional parity run, metadata, atomic write. Returns a report dict.
+
+    A failed parity check writes nothing (``report["written"]`` False) unless ``keep_on_failure``."""
+    from segconvert.weights.inputs import conversion_inputs
     from segconvert.weights.provenance import source_entry
     from segconvert.weights.store import save_converted
 
@@ -24,6 +39,7 @@ def _finish(conv, output: Path, fmt: str | None, files: list[Path], parity_case:
         "num_classes": conv.config.get("num_classes"),
         "input_size": conv.config.get("input_size"),
         "preprocessing": conv.preprocessing,
+        "inputs": conversion_inputs(conv),
         "source": {**source, "files": [source_entry(p) for p in files]},
         "conversion": {
             "tensors": len(conv.state_dict),
@@ -45,10 +61,13 @@ def _finish(conv, output: Path, fmt: str | None, files: list[Path], parity_case:
         timings["parity"] = time.perf_counter() - t
         if not parity.rows:
             raise ConversionError("no output in outputs.npz matches a layer of the model", file=parity_case)
-        meta["parity"] = parity.summary(str(parity_case))  # max_rel inf (a shape mismatch) becomes null
+        # the folder's name only (no local absolute path); max_rel inf (a shape mismatch) becomes null
+        meta["parity"] = parity.summary(parity_case.name)
         report["parity"] = parity
     t = time.perf_counter()
-    save_converted(output, conv.state_dict, meta, fmt=fmt, progress=True)
+    report["written"] = "parity" not in report or parity.ok or keep_on_failure
+    if report["written"]:
+        save_converted(output, conv.state_dict, meta, fmt=fmt, progress=True)
     timings["write"] = time.perf_counter() - t
     report.update(meta=meta, timings=timings, output=output)
     return report
@@ -67,12 +86,19 @@ def convert_slim_files(
     stride_in: str | None = None,
     input_size: int | None = None,
     parity_case: Path | None = None,
+    keep_on_failure: bool = False,
 ) -> dict[str, Any]:
-    """The whole slim2torch job; returns a report dict."""
+    """The whole slim2torch job; returns a report dict. Output paths are checked before the work."""
     from segconvert.converters.keras import convert_hellochick, is_caffe_named_checkpoint
     from segconvert.converters.slim import convert_slim
     from segconvert.formats.tf_checkpoint import open_checkpoint
+    from segconvert.weights.store import check_weights_output
 
+    if arch not in SLIM_ARCH_NAMES:
+        raise ConversionError(f"unknown --arch {arch!r}; slim2torch knows: {', '.join(SLIM_ARCH_NAMES)}")
+    depth = int(arch.rsplit("_", 1)[1]) if arch.startswith("resnet_v1_") else None
+    arch = "resnet" if depth else arch
+    check_weights_output(output, fmt)  # weights + sidecar: one line, exit 2, before the checkpoint is read
     t0 = time.perf_counter()
     with open_checkpoint(checkpoint) as ckpt:
         if is_caffe_named_checkpoint(ckpt.keys()):  # hellochick/PSPNet-tensorflow: Caffe layer names
@@ -95,8 +121,14 @@ def convert_slim_files(
                 classifier=classifier,
                 stride_in=stride_in,
             )
+            if depth is not None and conv.config.get("depth") != depth:
+                raise ConversionError(
+                    f"--arch resnet_v1_{depth}, but the checkpoint is a resnet_v1_{conv.config.get('depth')}",
+                    file=ckpt.files[0],
+                )
         t1 = time.perf_counter()
-        report = _finish(conv, output, fmt, list(ckpt.files), parity_case, {"format": f"tf-{ckpt.format}"})
+        source = {"format": f"tf-{ckpt.format}"}
+        report = _finish(conv, output, fmt, list(ckpt.files), parity_case, source, keep_on_failure)
     report["timings"].update(read_and_map=t1 - t0, total=time.perf_counter() - t0)
     return report
 
@@ -137,10 +169,14 @@ def print_report(report: dict[str, Any]) -> None:
         click.echo("dropped (not used by the model): " + ", ".join(f"{n} ({why})" for n, why in conv.dropped))
     for note in conv.notes:
         click.echo(f"note: {note}")
-    pre = meta["preprocessing"]
-    click.echo(f"expects: {pre['channel_order']} input, 0-255, minus mean {pre['mean']}, std {pre['std']}")
+    from segconvert.commands.convert_caffe import describe_preprocessing
+
+    click.echo(f"expects: {describe_preprocessing(meta['preprocessing'])}")
     if "parity" in report:
         click.echo(report["parity"].format(every=10))
+    if not report.get("written", True):
+        click.echo(f"wrote nothing: the parity check failed (--keep-on-failure writes {report['output']} anyway)")
+        return
     click.echo(f"wrote {report['output']} (+ .json sidecar) in {t['total']:.2f}s")
 
 
@@ -149,21 +185,26 @@ _OUTPUT = click.option("-o", "--output", required=True, type=click.Path(dir_okay
 _PARITY = click.option(
     "--parity",
     "parity_case",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    type=ExistingPath(folder=True),
     help="A folder with input.npy (NHWC) and outputs.npz (NHWC, keyed by end-point / layer name) to check against.",
 )
 
 
+_KEEP = click.option(
+    "--keep-on-failure", is_flag=True, help="With --parity: write the output even when the check fails."
+)
+
+
 @click.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=ExistingPath(tf_prefix=True))
 @_OUTPUT
 @click.option(
     "--arch",
-    type=click.Choice(["auto", "resnet", "pspnet50", "pspnet101"]),
     default="auto",
     show_default=True,
-    help="resnet = backbone only (logits dropped); pspnet = with the detected PSPNet head "
-    "(PSPNet-TF-Reproduce <scope>/psp, or fast-semantic-segmentation PSPModule).",
+    help=f"One of: {', '.join(SLIM_ARCH_NAMES)}. resnet = backbone only (logits dropped; resnet_v1_50/101/152 "
+    "also check the depth); pspnet50/101 = with the detected PSPNet head (PSPNet-TF-Reproduce <scope>/psp, "
+    "fast-semantic-segmentation PSPModule, or hellochick's Caffe-named layers).",
 )
 @_FORMAT
 @click.option("--output-stride", type=click.Choice(["8", "16", "32"]), help="Default: 8 for PSPNet, 32 for resnet.")
@@ -183,6 +224,7 @@ _PARITY = click.option(
     "made for (473 ADE20K PSPNet50, 713 Cityscapes PSPNet101). Default 473.",
 )
 @_PARITY
+@_KEEP
 def slim2torch(
     checkpoint: Path,
     output: Path,
@@ -195,6 +237,7 @@ def slim2torch(
     stride_in: str | None,
     input_size: int | None,
     parity_case: Path | None,
+    keep_on_failure: bool,
 ) -> None:
     """Convert a TF-Slim resnet_v1 CHECKPOINT (V2 prefix / .index, or a V1 .ckpt file) to PyTorch weights.
 
@@ -212,6 +255,7 @@ def slim2torch(
         stride_in=stride_in,
         input_size=input_size,
         parity_case=parity_case,
+        keep_on_failure=keep_on_failure,
     )
     print_report(report)
     if "parity" in report and not report["parity"].ok:

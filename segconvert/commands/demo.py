@@ -2,8 +2,8 @@
 
 Writes a PSPNet50-ADE20K-layout prototxt and caffemodel (the released layer names and wiring, widths
 divided by ``--width-divisor``, random weights in the real blob layout), inspects it, converts it, runs
-the converted model, and prints the conversion report with timings. Where OpenCV dnn is installed (the
-``parity`` extra) it runs the same caffemodel there, an independent Caffe runtime, and prints the
+the converted model, and prints the conversion report with timings. Where OpenCV dnn is installed (a
+dependency of segconvert) it runs the same caffemodel there, an independent Caffe runtime, and prints the
 per-layer parity report; the command exits 1 if a layer is over tolerance.
 """
 
@@ -27,10 +27,13 @@ def demo(out_dir: Path | None, depth: str, width_divisor: int) -> None:
     import torch
 
     from segconvert.commands.convert_caffe import convert_caffe_files, print_report
+    from segconvert.fileio import check_output_path
     from segconvert.formats.caffemodel_writer import random_weights_for, write_caffemodel
     from segconvert.formats.prototxt_builder import pspnet_prototxt
     from segconvert.graph import load_net
 
+    if out_dir is not None:
+        check_output_path(out_dir, directory=True)  # before any work: one line, exit 2, nothing created
     with tempfile.TemporaryDirectory() as tmp:
         work = out_dir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -51,7 +54,7 @@ def demo(out_dir: Path | None, depth: str, width_divisor: int) -> None:
         )
         click.echo("3. caffe2torch:")
         report = convert_caffe_files(proto, model_path, work / f"pspnet{d}_473.safetensors", build_model=True)
-        print_report(report)
+        print_report(report, temporary=out_dir is None)
         model = report["model"].eval()
         from segconvert.parity.inputs import model_input
 
@@ -75,7 +78,9 @@ def _reference_parity(proto: Path, caffemodel: Path, model: Any, meta: dict[str,
     used = [r for r in runtimes if r.used]
     if not used:
         reasons = "; ".join(f"{r.name}: {r.reason}" for r in runtimes)
-        click.echo(f"5. parity: no reference runtime available ({reasons}); pip install '.[parity]' adds OpenCV dnn")
+        installs = sorted({r.install for r in runtimes if r.install})
+        hint = f"; to check it: pip install {' '.join(installs)}" if installs else ""
+        click.echo(f"5. parity: no reference runtime available ({reasons}){hint}")
         return True
     click.echo(
         f"5. parity against {', '.join(f'{r.label()} ({r.what})' for r in used)} in {time.perf_counter() - t0:.2f}s:"

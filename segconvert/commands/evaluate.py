@@ -103,7 +103,61 @@ def _load_model(weights: str, device: str) -> tuple[Any, Any]:
     return load_weights(weights, dev), dev
 
 
-def _run(model: Any, ds: Any, proto: Any, dev: Any, run: dict[str, Any]) -> Any:
+def _check_save_pred(run: dict[str, Any]) -> None:
+    """``--save-pred`` must be a folder segconvert can create or fill: checked before the model is loaded."""
+    if run.get("save_pred"):
+        from segconvert.fileio import check_output_path
+
+        check_output_path(run["save_pred"], directory=True)
+
+
+def _check_model_fits(weights: str, meta: dict[str, Any], ds: Any) -> None:
+    """Refuse weights whose recorded class count is not the dataset's, before any forward pass."""
+    from segconvert.errors import WeightsFileError
+
+    n = meta.get("num_classes")
+    if isinstance(n, int) and n and n != ds.num_classes:
+        raise WeightsFileError(
+            f"the weights predict {n} classes but {ds.name} has {ds.num_classes}: wrong dataset or wrong weights",
+            file=weights,
+            key="num_classes",
+        )
+
+
+def _preprocessing(weights: str, meta: dict[str, Any], mean: str | None, std: str | None, order: str | None) -> Any:
+    """The input normalisation: the weights' metadata, with --mean/--std/--bgr/--rgb replacing its parts.
+    A conversion that recorded none (generic Caffe nets) needs --mean (and --bgr/--rgb) or is refused."""
+    from segconvert.errors import WeightsFileError
+    from segconvert.eval.protocols import Preprocessing
+
+    def floats(text: str, name: str) -> list[float]:
+        try:
+            values = [float(v) for v in text.replace(" ", "").split(",")]
+        except ValueError:
+            raise click.BadParameter(f"{text!r} is not three comma-separated numbers", param_hint=name) from None
+        if len(values) != 3:
+            raise click.BadParameter(f"{text!r}: give three values (one per channel)", param_hint=name)
+        return values
+
+    recorded = dict(meta.get("preprocessing") or {})
+    if not recorded and mean is None:
+        raise WeightsFileError(
+            f"the weights record no input preprocessing ({meta.get('arch', '?')} conversion; channel order, "
+            "mean and std are missing): give them, e.g. --bgr --mean 104.008,116.669,122.675 [--std S1,S2,S3]",
+            file=weights,
+            key="preprocessing",
+        )
+    if mean is not None:
+        recorded["mean"] = floats(mean, "--mean")
+    if std is not None:
+        recorded["std"] = floats(std, "--std")
+    if order is not None:
+        recorded["channel_order"] = order
+    recorded.setdefault("channel_order", "RGB")
+    return Preprocessing.from_meta(recorded)
+
+
+def _run(model: Any, ds: Any, proto: Any, dev: Any, run: dict[str, Any], preprocessing: Any = None) -> Any:
     """``evaluate`` with the shared run options (``run``: the click values of :func:`_run_options`)."""
     from segconvert.eval.runner import evaluate
 
@@ -116,6 +170,7 @@ def _run(model: Any, ds: Any, proto: Any, dev: Any, run: dict[str, Any]) -> Any:
         amp=run["amp"],
         limit=run["limit"],
         save_pred=run["save_pred"],
+        preprocessing=preprocessing,
         progress=not run["quiet"],
     )
 
@@ -133,6 +188,9 @@ def _run(model: Any, ds: Any, proto: Any, dev: Any, run: dict[str, Any]) -> Any:
 @click.option("--flip/--no-flip", default=None, help="Flip augmentation (default: the preset's).")
 @click.option("--crop", type=int, default=None, help="Crop size (default: the weights' input size / preset).")
 @click.option("--base-size", type=int, default=None, help="Base size of the scale rule (pspnet/semseg).")
+@click.option("--mean", default=None, help="Mean pixel (0-255, in the input's channel order), e.g. 104,117,123.")
+@click.option("--std", default=None, help="Per-channel std (0-255 scale), e.g. 58.4,57.1,57.4.")
+@click.option("--bgr/--rgb", "bgr", default=None, help="Channel order the net takes (default: the weights').")
 @_run_options
 def eval_cmd(
     weights: str,
@@ -144,16 +202,25 @@ def eval_cmd(
     flip: bool | None,
     crop: int | None,
     base_size: int | None,
+    mean: str | None,
+    std: str | None,
+    bgr: bool | None,
     as_json: bool,
     **run: Any,
 ) -> None:
-    """Evaluate converted WEIGHTS on a dataset with a published protocol."""
+    """Evaluate converted WEIGHTS on a dataset with a published protocol.
+
+    The input normalisation is the one the weights record; --mean/--std/--bgr/--rgb replace it (and are
+    needed for conversions that record none, such as generic Caffe nets)."""
     from segconvert.eval.datasets import get_dataset
 
     dataset = dataset.lower()
+    _check_save_pred(run)
     ds = get_dataset(dataset, root, split)
     model, dev = _load_model(weights, run["device"])
     meta = getattr(model, "segconvert_meta", {}) or {}
+    _check_model_fits(weights, meta, ds)  # before any forward pass
+    prep = _preprocessing(weights, meta, mean, std, None if bgr is None else "BGR" if bgr else "RGB")
     name = protocol or _default_protocol(meta)
     overrides: dict[str, Any] = {}
     if name in ("pspnet", "semseg", "deeplab-msc", "mmseg-slide"):
@@ -161,7 +228,7 @@ def eval_cmd(
     if base_size and name in ("pspnet", "semseg"):
         overrides["base_size"] = base_size
     proto = _make_protocol(name, dataset, scales, flip, **overrides)
-    result = _run(model, ds, proto, dev, run)
+    result = _run(model, ds, proto, dev, run, prep)
     result.info["weights"] = str(weights)
     _emit(result, as_json)
 
@@ -246,12 +313,48 @@ def zoo(name: str | None, as_json: bool) -> None:
 
     if name:
         entry = zoo_mod.get_entry(name)
-        click.echo(json.dumps(entry, indent=2))
+        click.echo(json.dumps(entry, indent=2) if as_json else _entry_table(entry))
         return
     if as_json:
         click.echo(json.dumps(zoo_mod.entries(), indent=2))
     else:
         click.echo(zoo_mod.zoo_table())
+
+
+def _describe_pre(pre: dict[str, Any]) -> str:
+    if not pre:
+        return "-"
+    std = f", std {pre['std']}" if pre.get("std") is not None else ""
+    return f"{pre.get('channel_order')} 0-255, mean {pre.get('mean')}{std}"
+
+
+def _entry_table(entry: dict[str, Any]) -> str:
+    """One zoo entry as text: what it is, its files, how to run it, then its published scores (percent)."""
+    pre = entry.get("preprocessing") or {}
+    proto = entry.get("protocol") or {}
+    rows = [
+        ("source", entry.get("source_project")),
+        ("format", entry.get("format")),
+        ("arch", entry.get("arch")),
+        ("dataset", f"{entry.get('dataset') or '-'} ({entry.get('num_classes')} classes: {entry.get('classes')})"),
+        ("input size", "x".join(map(str, entry.get("input_size") or [])) or "-"),
+        ("preprocessing", _describe_pre(pre)),
+        ("protocol", ", ".join(f"{k} {v}" for k, v in proto.items()) or "-"),
+    ]
+    rows += [(f"file ({f['role']})", f["name"]) for f in entry.get("files", [])]
+    width = max(len(k) for k, _ in rows)
+    lines = [entry["name"], *(f"  {k:<{width}}  {v}" for k, v in rows if v is not None)]
+    if entry.get("scores"):
+        lines.append(f"  {'metric':<6} {'value %':>7}  {'split':<5} {'setting':<12} source")
+        for sc in entry["scores"]:
+            setting = sc["setting"] + ("+flip" if sc.get("flip") else "") + (" crf" if sc.get("crf") else "")
+            flag = "" if sc.get("comparable", True) else "  [not comparable]"
+            lines.append(
+                f"  {sc['metric']:<6} {sc['value']:>7.2f}  {sc['split']:<5} {setting:<12} {sc['source']}{flag}"
+            )
+    for note in entry.get("notes") or []:
+        lines.append(f"  note: {note}")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------- reproduce
@@ -304,9 +407,11 @@ def reproduce(
             + ("; ".join(lines) if lines else "none published")
             + " (pass --allow-noncomparable to run anyway)"
         )
+    _check_save_pred(run)
     ds = get_dataset(entry["dataset"], root, split)
     model, dev = _load_model(weights, run["device"])
     meta = getattr(model, "segconvert_meta", {}) or {}
+    _check_model_fits(weights, meta, ds)  # before any forward pass
     notes = []
     if meta.get("arch") and meta["arch"] != entry["arch"]:
         notes.append(f"weights are arch '{meta['arch']}', the zoo entry is '{entry['arch']}'")

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from segconvert.commands._args import ExistingPath
 from segconvert.errors import SegconvertError
 from segconvert.formats.detect import detect_kind
 
@@ -23,6 +24,11 @@ def caffe_rows(prototxt: Path | None, caffemodel: Path | None) -> dict[str, Any]
     from segconvert.graph import load_net
 
     net = load_net(prototxt, caffemodel)
+    warnings = [
+        f"layer '{name}' reads blob '{blob}', which no input or earlier layer produces: the shapes computed from it "
+        "are unknown ('?')"
+        for name, blob in unproduced_bottoms(net)
+    ]
     rows = []
     for layer in net.layers:
         rows.append(
@@ -50,7 +56,8 @@ def caffe_rows(prototxt: Path | None, caffemodel: Path | None) -> dict[str, Any]
         "total_layers": len(rows),
         "total_params": sum(r["params"] for r in rows if not r["shared_from"]),
         "weights_loaded": caffemodel is not None,
-        "warnings": net.warnings,
+        "warnings": net.warnings + warnings,
+        "errors": len(warnings),
     }
 
 
@@ -77,8 +84,28 @@ def tensor_rows(path: Path, kind: str) -> dict[str, Any]:
     }
 
 
-def _print_caffe(info: dict[str, Any]) -> None:
+def _console() -> Any:
+    """rich's console at the terminal's width (``COLUMNS`` when set); 200 columns into a pipe or a file."""
+    import os
+
     from rich.console import Console
+
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=200)
+
+
+def unproduced_bottoms(net: Any) -> list[tuple[str, str]]:
+    """``(layer, blob)`` for every bottom that no net input or earlier layer produced."""
+    available = set(net.inputs)
+    found = []
+    for layer in net.layers:
+        found += [(layer.name, b) for b in layer.bottoms if b not in available]
+        available.update(layer.tops)
+    return found
+
+
+def _print_caffe(info: dict[str, Any]) -> None:
     from rich.table import Table
 
     title = f"{info['name'] or 'net'} ({info['format']})"
@@ -102,16 +129,15 @@ def _print_caffe(info: dict[str, Any]) -> None:
             ", ".join(_fmt_shape(s) for s in r["param_shapes"]),
             params,
         )
-    console = Console(width=200)
+    console = _console()
     console.print(table)
     weights = "" if info["weights_loaded"] else " (expected; no caffemodel given)"
     console.print(f"total: {info['total_layers']} layers, {info['total_params']:,} parameters{weights}")
     for w in info["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        console.print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
 
 
 def _print_tensors(info: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{info['file']} ({info['kind']})")
@@ -119,7 +145,7 @@ def _print_tensors(info: dict[str, Any]) -> None:
         table.add_column(col, justify="right" if col == "bytes" else "left")
     for e in info["tensors"]:
         table.add_row(e["name"], _fmt_shape(e["shape"]), str(e["dtype"]), f"{int(e['nbytes']):,}")
-    console = Console(width=200)
+    console = _console()
     console.print(table)
     console.print(
         f"total: {info['total_tensors']} tensors, {info['total_params']:,} values, {info['total_bytes']:,} bytes"
@@ -127,7 +153,7 @@ def _print_tensors(info: dict[str, Any]) -> None:
 
 
 @click.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, required=True, type=ExistingPath(tf_prefix=True))
 @click.option("--json", "as_json", is_flag=True, help="Print the same information as JSON.")
 def inspect(files: tuple[Path, ...], as_json: bool) -> None:
     """List the layers of a prototxt and/or caffemodel (or the tensors of a TF checkpoint / Keras file)."""
@@ -151,3 +177,5 @@ def inspect(files: tuple[Path, ...], as_json: bool) -> None:
         sys.stdout.write("\n")
     else:
         printer(info)
+    if info.get("errors"):  # the net cannot run as written (a bottom nothing produces)
+        raise click.exceptions.Exit(1)

@@ -41,9 +41,24 @@ class RuntimeUse:
     what: str = ""  # what it checked ("205 layers", "final output", "320 checkpoint tensors")
     reason: str = ""  # why it was not used
     report: Any = None  # ParityReport
+    install: str = ""  # what to pip install when it is missing (printed once, in summary())
 
     def label(self) -> str:
         return f"{self.name} {self.version}" if self.version else self.name
+
+
+def group_unchecked(unchecked: Sequence[tuple[str, str]], *, keep: int = 3) -> list[str]:
+    """One line per layer, except a reason shared by more than ``keep`` layers: one line for all of them."""
+    by_reason: dict[str, list[str]] = {}
+    for name, why in unchecked:
+        by_reason.setdefault(why, []).append(name)
+    lines = []
+    for why, names in by_reason.items():
+        if len(names) > keep:
+            lines.append(f"  {len(names)} layers ({names[0]} ... {names[-1]}): {why}")
+        else:
+            lines += [f"  {name}: {why}" for name in names]
+    return lines
 
 
 @dataclass
@@ -76,9 +91,12 @@ class VerifyResult:
             f"runtimes used: {', '.join(used) or 'none'}"
             + (f"; not available: {', '.join(missing)}" if missing else "")
         ]
+        installs = sorted({r.install for r in self.runtimes if not r.used and r.install})
+        if installs:
+            lines.append(f"to check with the missing runtimes: pip install {' '.join(installs)}")
         if self.unchecked:
             lines.append(f"layers no runtime could check ({len(self.unchecked)}):")
-            lines += [f"  {name}: {why}" for name, why in self.unchecked]
+            lines += group_unchecked(self.unchecked)
         else:
             lines.append("layers no runtime could check: none")
         bad = self.first_failure()
@@ -196,19 +214,42 @@ def _budget(taps: list[tuple[str, Any]], sizes: dict[str, int], budget: int) -> 
 
 
 def _pycaffe(
-    prototxt: Path, caffemodel: Path, x: np.ndarray, blobs: dict[str, str]
+    prototxt: Path, caffemodel: Path, x: np.ndarray | dict[str, np.ndarray], blobs: dict[str, str]
 ) -> tuple[dict[str, np.ndarray], str]:
-    """Run real Caffe (pycaffe); return {layer: final value of its blob} for ``blobs`` (layer -> blob)."""
+    """Run real Caffe (pycaffe); return {layer: final value of its blob} for ``blobs`` (layer -> blob).
+    ``x``: the input of a one-input net, or ``{input name: array}``."""
     import caffe  # type: ignore[import-not-found]
 
     caffe.set_mode_cpu()
     net = caffe.Net(str(prototxt), str(caffemodel), caffe.TEST)
-    name = net.inputs[0]
-    net.blobs[name].reshape(*x.shape)
-    net.blobs[name].data[...] = x
+    feeds = x if isinstance(x, dict) else {net.inputs[0]: x}
+    for name, value in feeds.items():
+        net.blobs[name].reshape(*value.shape)
+        net.blobs[name].data[...] = value
     net.forward()
     out = {layer: np.array(net.blobs[blob].data) for layer, blob in blobs.items() if blob in net.blobs}
     return out, str(getattr(caffe, "__version__", ""))
+
+
+def _capture(model: Any, inputs: Any, taps: dict[str, tuple[str, int]]) -> tuple[Any, dict[str, Any]]:
+    """``capture_outputs`` for one input tensor or a tuple of them (a multi-input net's ``forward(*inputs)``)."""
+    from torch import nn
+
+    from segconvert.reference_models import capture_outputs
+
+    if not isinstance(inputs, tuple):
+        return capture_outputs(model, inputs, taps)
+
+    class _Star(nn.Module):  # forward(tuple) -> model(*tuple); the model's modules sit under "m."
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = model
+
+        def forward(self, xs: tuple) -> Any:
+            return self.m(*xs)
+
+    prefixed = {k: (f"m.{path}" if path else "m", call) for k, (path, call) in taps.items()}
+    return capture_outputs(_Star(), inputs, prefixed)
 
 
 def _pycaffe_status() -> str | None:
@@ -227,12 +268,14 @@ def verify_caffe(
     meta: dict[str, Any],
     prototxt: Path,
     caffemodel: Path,
-    x: np.ndarray,
+    x: np.ndarray | dict[str, np.ndarray],
     *,
     tolerance: float = DEFAULT_TOLERANCE,
     budget: int = MEMORY_BUDGET,
 ) -> tuple[list[RuntimeUse], list[tuple[str, str]], list[str]]:
     """Per-layer comparison of ``model`` with pycaffe and OpenCV dnn running the source files.
+
+    ``x``: the input of a one-input net, or ``{input name: array}`` for every input (in the model's order).
 
     Returns (runtimes, layers no runtime could check, notes).
     """
@@ -245,8 +288,15 @@ def verify_caffe(
     from segconvert.reference_models import capture_outputs
 
     declared = load_net(prototxt)
-    input_name, _ = net_input(declared)
-    net = load_net(prototxt, input_shapes={input_name: tuple(x.shape)} if input_name in declared.inputs else None)
+    if isinstance(x, dict):  # several inputs: fed by name
+        input_name = None
+        shapes = {n: tuple(v.shape) for n, v in x.items() if n in declared.inputs}
+        net = load_net(prototxt, input_shapes=shapes or None)
+        model_in: Any = tuple(torch.from_numpy(v) for v in x.values())
+    else:
+        input_name, _ = net_input(declared)
+        net = load_net(prototxt, input_shapes={input_name: tuple(x.shape)} if input_name in declared.inputs else None)
+        model_in = torch.from_numpy(x)
     taps = _caffe_taps(net, meta["arch"])
     layers = {layer.name: layer for layer in net.layers}
     order = {layer.name: i for i, layer in enumerate(net.layers)}
@@ -259,7 +309,7 @@ def verify_caffe(
     notes = []
     if len(chosen) < len(items):
         notes.append(f"compared {len(chosen)} of {len(items)} mapped layers (outputs kept under {budget >> 30} GiB)")
-    _, ours = capture_outputs(model, torch.from_numpy(x), {k: (t.module, t.call) for k, t in chosen})
+    _, ours = _capture(model, model_in, {k: (t.module, t.call) for k, t in chosen})
     last_writer: dict[str, str] = {}  # blob -> last layer writing it (pycaffe only keeps final values)
     for layer in net.layers:
         for top in layer.tops:
@@ -301,7 +351,7 @@ def verify_caffe(
     version = opencv_version()
     use = RuntimeUse("opencv-dnn", version=version)
     if version is None:
-        use.reason = "not installed (pip install 'segconvert[parity]')"
+        use.reason, use.install = "not installed", "opencv-python-headless"
     else:
         try:
             res = opencv_run(prototxt, caffemodel, x, layers=[t.layer for _, t in chosen], input_name=input_name)
@@ -357,7 +407,7 @@ def verify_tf_checkpoint(model: Any, meta: dict[str, Any], prefix: Path, conv: A
 
         tf = import_tensorflow()
     except ImportError:
-        use.reason = "not installed (pip install 'segconvert[parity]')"
+        use.reason, use.install = "not installed", "'segconvert[parity]'"
         return use
     conv = conv if conv is not None else _tf_conversion(meta, prefix)
     reader = tf.train.load_checkpoint(str(prefix))
@@ -411,7 +461,7 @@ def verify_tf_graph(
 
         tf = import_slim()[0]
     except ImportError as exc:
-        use.reason = f"not installed ({exc.name or 'tensorflow / tf_slim'}; pip install 'segconvert[parity]')"
+        use.reason, use.install = f"not installed ({exc.name or 'tensorflow / tf_slim'})", "'segconvert[parity]'"
         return use, [(whole, "TensorFlow / tf_slim is not installed")]
     use.version = tf.__version__
     conv = conv if conv is not None else _tf_conversion(meta, prefix)
@@ -460,7 +510,7 @@ def verify_onnx(model: Any, onnx_path: Path, x: np.ndarray) -> RuntimeUse:
     try:
         import onnxruntime
     except ImportError:
-        use.reason = "not installed (pip install 'segconvert[export]')"
+        use.reason, use.install = "not installed", "'segconvert[export]'"
         return use
     from segconvert.export.onnx import check_onnx
 

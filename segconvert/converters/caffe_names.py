@@ -562,6 +562,19 @@ def _map_pspnet(m: _Mapper, det: DetectedArch) -> None:
 # ------------------------------------------------------------------------------------------- API
 
 
+def check_bottoms_produced(net: Net) -> None:
+    """Every layer reads only net inputs and blobs an earlier layer wrote (else the file names a blob that
+    does not exist, e.g. a typo): one error naming the layer and the blob."""
+    available = set(net.inputs)
+    for layer in net.layers:
+        missing = [b for b in layer.bottoms if b not in available]
+        if missing:
+            raise ConversionError(
+                f"layer reads blobs {missing} that nothing produced before it", file=net.prototxt, layer=layer.name
+            )
+        available.update(layer.tops)
+
+
 def convert_caffe_net(
     net: Net,
     arch: str | None = None,
@@ -576,6 +589,7 @@ def convert_caffe_net(
     ``require_weights=False`` a prototxt-only net is checked structurally and gets a tap map, with an empty
     state_dict.
     """
+    check_bottoms_produced(net)
     det = detected if detected is not None else detect_caffe_arch(net, arch=arch, overrides=overrides)
     with_weights = any(layer.blobs for layer in net.layers)
     if require_weights and not with_weights:

@@ -9,16 +9,18 @@ from typing import Any
 from segconvert.eval.metrics import EvalResult
 
 
-def _v(x: float | None, fmt: str = "{:>5.3f}") -> str:
+def _v(x: float | None) -> str:
+    """A fraction as a percentage (the unit of every score segconvert prints), 6 characters wide."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "  nan"
-    return fmt.format(x)
+        return "   nan"
+    return f"{100 * x:>6.2f}"
 
 
 def class_table(result: EvalResult) -> str:
-    """``classes          IoU      nIoU      Acc`` (nIoU only for Cityscapes), then the score average."""
+    """``classes          IoU%     nIoU%      Acc%`` (nIoU only for Cityscapes), then the score average; in percent
+    like :func:`summary_line`."""
     has_inst = result.iIoU is not None
-    head = "classes          IoU      nIoU      Acc" if has_inst else "classes          IoU       Acc"
+    head = "classes          IoU%     nIoU%      Acc%" if has_inst else "classes          IoU%      Acc%"
     lines = [head, "-" * len(head)]
     for c in result.classes:
         name = c.name if len(c.name) <= 14 else c.name[:14]
@@ -29,7 +31,7 @@ def class_table(result: EvalResult) -> str:
     lines.append("Score Average : " + "    ".join(avg))
     lines.append("-" * len(head))
     if result.categories is not None:
-        lines += ["", "categories       IoU      nIoU", "-" * 32]
+        lines += ["", "categories       IoU%     nIoU%", "-" * 32]
         for c in result.categories:
             lines.append(f"{c.name:<14}: {_v(c.iou)}    {_v(c.iiou)}")
         lines.append("-" * 32)

@@ -36,7 +36,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +58,7 @@ from segconvert.reference_models.ops import (
     TFSamePool2d,
     caffe_pool_out,
 )
+from segconvert.reference_models.pspnet import PPMPool
 
 __all__ = [
     "ExportError",
@@ -98,6 +99,11 @@ class ExportResult:
     pooling: dict[str, int]  # export plan -> count ("ceil", "floor", "explicit", "global")
     checked_sizes: list[tuple[int, ...]] = field(default_factory=list)  # dynamic: extra sizes run in onnxruntime
     seconds: float = 0.0
+    input_names: list[str] = field(default_factory=list)
+    input_shapes: list[tuple[int, ...]] = field(default_factory=list)  # one per input (input_shape: the first)
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    check: OnnxCheck | None = None  # with check_inputs: onnxruntime vs PyTorch before writing
+    written: bool = True  # False when the check failed (nothing was written)
 
 
 @dataclass
@@ -197,6 +203,46 @@ class _OnnxCaffePool(nn.Module):
         return total[..., :oh, :ow] / p._divisor(h, w, oh, ow, x)
 
 
+def _tf_same_avg(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> Tensor:
+    """TF ``avg_pool`` SAME (divides by the non-padded cells) without ``divisor_override``, which the exporter drops:
+    explicit pads, a plain ``AveragePool`` and a constant per-cell factor kernel area / valid cells."""
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    pads = SamePad2d(kernel, stride).pads(h, w)
+    if not any(pads):
+        return F.avg_pool2d(x, kernel, stride)
+    ones = F.pad(torch.ones((1, 1, h, w), dtype=torch.float64), pads)
+    count = F.avg_pool2d(ones, kernel, stride) * float(kernel[0] * kernel[1])  # float64: exact small integers
+    factor = (float(kernel[0] * kernel[1]) / count).to(x.dtype)
+    return F.avg_pool2d(F.pad(x, pads), kernel, stride) * factor
+
+
+class _OnnxTFSamePool(nn.Module):
+    """Export twin of :class:`TFSamePool2d` (avg: see :func:`_tf_same_avg`; max exports as is)."""
+
+    def __init__(self, pool: TFSamePool2d) -> None:
+        super().__init__()
+        self.orig = pool
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.orig
+        return p(x) if p.mode == "max" else _tf_same_avg(x, p.kernel_size, p.stride)
+
+
+class _OnnxPPMPool(nn.Module):
+    """Export twin of PSPNet's ``PPMPool`` in ``tf_same`` mode (its pooling is built per input size)."""
+
+    def __init__(self, pool: nn.Module) -> None:
+        super().__init__()
+        self.orig = pool
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.orig
+        if p.mode != "tf_same":
+            return p(x)
+        k = (max(1, int(x.shape[-2]) // p.bin_size), max(1, int(x.shape[-1]) // p.bin_size))
+        return _tf_same_avg(x, k, k)
+
+
 # ------------------------------------------------------------------------------------- dynamic sizes
 
 
@@ -241,8 +287,6 @@ class _DynamicUpsampleToInput(nn.Module):
 
 def _dynamic_blockers(model: nn.Module) -> list[str]:
     """Modules whose pads / kernels / indices are fixed for one input size (see the module docstring)."""
-    from segconvert.reference_models.pspnet import PPMPool
-
     found: dict[str, str] = {}
     for name, mod in model.named_modules():
         if isinstance(mod, PPMPool) and mod.mode == "fixed":
@@ -281,6 +325,10 @@ def _export_twins(model: nn.Module, dynamic: bool, plans: Counter) -> Iterator[N
         twin: nn.Module | None = None
         if isinstance(mod, CaffePool2d):
             twin = _OnnxCaffePool(mod, dynamic, plans)
+        elif isinstance(mod, TFSamePool2d) and mod.mode == "avg":
+            twin = _OnnxTFSamePool(mod)
+        elif isinstance(mod, PPMPool) and mod.mode == "tf_same":
+            twin = _OnnxPPMPool(mod)
         elif dynamic and isinstance(mod, UpsampleToInput):
             twin = _DynamicUpsampleToInput(mod)
         elif dynamic and isinstance(mod, Interp):
@@ -322,46 +370,113 @@ def _weight_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
-def _trace(model: nn.Module, example: Tensor, target: Any, opset: int, dynamic: bool, plans: Counter) -> None:
+Shapes = Sequence[Sequence[int]]
+DynamicAxes = bool | Mapping[str, Sequence[int]]
+
+
+def _input_names(names: Sequence[str] | None, count: int) -> list[str]:
+    if names is None:
+        return [INPUT_NAME] if count == 1 else [f"{INPUT_NAME}_{i}" for i in range(count)]
+    names = [str(n) for n in names]
+    if len(names) != count or len(set(names)) != count:
+        raise ExportError(f"need {count} distinct input names, got {names}")
+    return names
+
+
+def _axes_of(names: list[str], shapes: list[tuple[int, ...]], dynamic: DynamicAxes) -> dict[str, dict[int, str]]:
+    """``dynamic_axes`` for the exporter: ``True`` = batch and every axis after C; a mapping = those axes per input."""
+    if not dynamic:
+        return {}
+    every = {n: [0, *range(2, len(s))] for n, s in zip(names, shapes, strict=True)}
+    chosen = dynamic if isinstance(dynamic, Mapping) else every
+    unknown = [n for n in chosen if n not in names]
+    if unknown:
+        raise ExportError(f"dynamic axes name unknown input(s) {unknown}; the inputs are {names}")
+    spatial = {3: ["length"], 4: ["height", "width"], 5: ["depth", "height", "width"]}
+    out: dict[str, dict[int, str]] = {}
+    for name, shape in zip(names, shapes, strict=True):
+        axes = sorted({int(a) for a in chosen.get(name, ())})
+        if any(not 0 <= a < len(shape) for a in axes):
+            raise ExportError(f"input {name!r} has {len(shape)} axes; dynamic axes {axes} are out of range")
+        if axes:
+            labels = spatial.get(len(shape), [f"dim{i}" for i in range(2, len(shape))])
+            prefix = "" if len(names) == 1 else f"{name}_"
+            out[name] = {a: "batch" if a == 0 else f"{prefix}{labels[a - 2] if a >= 2 else 'channels'}" for a in axes}
+    return out
+
+
+def _trace(
+    model: nn.Module,
+    examples: tuple[Tensor, ...],
+    target: Any,
+    opset: int,
+    names: list[str],
+    axes: dict[str, dict[int, str]],
+    plans: Counter,
+) -> None:
     """``torch.onnx.export``; output shapes of a dynamic graph are inferred (symbolic) by the exporter."""
-    names = getattr(model, "output_names", None)
-    outputs = [str(n) for n in names] if isinstance(names, (list, tuple)) and names else [OUTPUT_NAME]
-    axes = {0: "batch", 2: "height", 3: "width"}
-    with _export_twins(model, dynamic, plans), warnings.catch_warnings(), torch.no_grad():
+    out_names = getattr(model, "output_names", None)
+    outputs = [str(n) for n in out_names] if isinstance(out_names, (list, tuple)) and out_names else [OUTPUT_NAME]
+    outputs = [f"{o}_out" if o in names else o for o in outputs]  # an ONNX value has one name
+    with _export_twins(model, bool(axes), plans), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings about Python ints are expected for static sizes
         torch.onnx.export(
             model,
-            (example,),
+            examples,
             target,
             dynamo=False,
             opset_version=opset,
-            input_names=[INPUT_NAME],
+            input_names=names,
             output_names=outputs,
-            dynamic_axes={INPUT_NAME: axes} if dynamic else None,
+            dynamic_axes=axes or None,
             do_constant_folding=True,
         )
+
+
+def _shapes(input_shape: Sequence[int] | Shapes) -> list[tuple[int, ...]]:
+    """One shape (ints) or one per input; each N first with positive sizes."""
+    items = list(input_shape)
+    many = bool(items) and not isinstance(items[0], (int, np.integer))
+    shapes = [tuple(int(d) for d in s) for s in items] if many else [tuple(int(d) for d in items)]
+    for s in shapes:
+        if len(s) < 3 or min(s) < 1:
+            raise ExportError(
+                f"input shape must be N,C,H,W (or N,C,L for 1-D inputs) with positive sizes, got {list(s)}"
+            )
+    return shapes
 
 
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
-    input_shape: Sequence[int],
+    input_shape: Sequence[int] | Shapes,
     opset: int = DEFAULT_OPSET,
-    dynamic: bool = False,
+    dynamic: DynamicAxes = False,
     *,
+    input_names: Sequence[str] | None = None,
+    check_inputs: Sequence[np.ndarray | Tensor] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    progress: Callable[[str], None] | None = None,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
     seed: int = 0,
 ) -> ExportResult:
-    """Export ``model`` (eval mode, NCHW float32 input of ``input_shape``) to ``path``; see the module docstring."""
+    """Export ``model`` (eval mode, float32 inputs of ``input_shape``: one shape, or one per input) to ``path``.
+
+    ``input_names``: the ONNX input names (default ``input``; ``input_0, input_1, ..`` for several inputs).
+    ``dynamic``: ``True`` for symbolic batch and spatial axes of every input, or ``{name: [axes]}``.
+    ``check_inputs``: run the graph in onnxruntime on these before writing (:func:`check_onnx`); when the check
+    fails nothing is written and ``result.written`` is False. ``progress`` gets a line per stage.
+    See the module docstring for what is exported how.
+    """
     onnx, ort = _require_onnx()
     t0 = time.perf_counter()
     path = Path(path)
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 4 or min(shape) < 1:
-        raise ExportError(f"input shape must be N,C,H,W with positive sizes, got {list(input_shape)}")
+    shapes = _shapes(input_shape)
+    names = _input_names(input_names, len(shapes))
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ExportError(f"opset must be in {MIN_OPSET}..{MAX_OPSET} (Resize modes need 11; exporter max {MAX_OPSET})")
-    if dynamic:
+    axes = _axes_of(names, shapes, dynamic)
+    if axes:
         blockers = _dynamic_blockers(model)
         if blockers:
             raise ExportError(
@@ -369,31 +484,41 @@ def export_onnx(
                 + "; ".join(blockers)
                 + ". Export at the model's input size without --dynamic (pad inputs to it)"
             )
-    if isinstance(model, (CaffePool2d, Interp, UpsampleToInput)):
+    if isinstance(model, (CaffePool2d, Interp, UpsampleToInput, TFSamePool2d, PPMPool)):
         model = nn.Sequential(model)  # twins replace submodules
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    example = torch.randn(shape, generator=gen)
+    examples = tuple(torch.randn(s, generator=gen) for s in shapes)
     plans: Counter = Counter()
     weight_bytes = _weight_bytes(model)
+    say = progress or (lambda _msg: None)
     path.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".export"))
+    check: OnnxCheck | None = None
+    data_path: Path | None = None
     try:
+        say(f"tracing the model ({weight_bytes / 1e6:.0f} MB of weights) ...")
         if weight_bytes < EXTERNAL_DATA_THRESHOLD:
             buf = io.BytesIO()
-            _trace(model, example, buf, opset, dynamic, plans)
+            _trace(model, examples, buf, opset, names, axes, plans)
             proto = onnx.load_from_string(buf.getvalue())
             session_source: Any = buf.getvalue()
         else:  # the exporter writes tensors beside the file itself above protobuf's limit
             traced = workdir / "model.onnx"
-            _trace(model, example, str(traced), opset, dynamic, plans)
+            _trace(model, examples, str(traced), opset, names, axes, plans)
             proto = onnx.load(str(traced), load_external_data=True)
             session_source = str(traced)
         checked: list[tuple[int, ...]] = []
-        if dynamic:
-            checked = _check_dynamic(session_source, model, shape, ort, seed)
-        data_path = _write(proto, path, external_data_threshold)
+        if axes:
+            say("running the dynamic graph at a second size in onnxruntime ...")
+            checked = _check_dynamic(session_source, model, names, shapes, axes, ort, seed)
+        if check_inputs is not None:
+            say("comparing onnxruntime with PyTorch ...")
+            check = _check(session_source, model, check_inputs, tolerance, ort, path)
+        if check is None or check.ok:
+            say(f"writing {path} ...")
+            data_path = _write(proto, path, external_data_threshold)
     except SegconvertError:
         raise
     except Exception as exc:  # exporter / onnx failures become one typed line
@@ -402,47 +527,72 @@ def export_onnx(
         shutil.rmtree(workdir, ignore_errors=True)
         model.train(was_training)
     ops = Counter(n.op_type for n in proto.graph.node)
-    size = path.stat().st_size + (data_path.stat().st_size if data_path else 0)
+    written = check is None or check.ok
+    size = (path.stat().st_size + (data_path.stat().st_size if data_path else 0)) if written else 0
     return ExportResult(
         path=path,
         data_path=data_path,
         opset=opset,
-        input_shape=shape,
-        dynamic=dynamic,
+        input_shape=shapes[0],
+        dynamic=bool(axes),
         file_bytes=size,
         weight_bytes=weight_bytes,
         ops=dict(sorted(ops.items())),
         pooling=dict(sorted(plans.items())),
         checked_sizes=checked,
         seconds=time.perf_counter() - t0,
+        input_names=names,
+        input_shapes=shapes,
+        dynamic_axes=axes,
+        check=check,
+        written=written,
     )
 
 
-def _check_dynamic(source: Any, model: nn.Module, shape: tuple[int, ...], ort: Any, seed: int) -> list[tuple[int, ...]]:
-    """Run the dynamic graph at a second size (H, W + 32: DeepLab MSC needs H = 32k+1) against the eager model."""
-    n, c, h, w = shape
-    other = (n + 1, c, h + 32, w + 32)
-    x = torch.randn(other, generator=torch.Generator().manual_seed(seed + 1))
+def _check_dynamic(
+    source: Any,
+    model: nn.Module,
+    names: list[str],
+    shapes: list[tuple[int, ...]],
+    axes: dict[str, dict[int, str]],
+    ort: Any,
+    seed: int,
+) -> list[tuple[int, ...]]:
+    """Run the dynamic graph at a second size (batch + 1, dynamic spatial axes + 32: DeepLab MSC needs H = 32k+1)
+    against the eager model."""
+    others = []
+    for name, shape in zip(names, shapes, strict=True):
+        dims = list(shape)
+        for a in axes.get(name, {}):
+            dims[a] += 1 if a == 0 else 32
+        others.append(tuple(dims))
+    gen = torch.Generator().manual_seed(seed + 1)
+    xs = [torch.randn(o, generator=gen) for o in others]
+    shown = others[0] if len(others) == 1 else others
     sess = _session(source, ort)
     try:
-        ys = sess.run(None, {INPUT_NAME: x.numpy()})
+        ys = sess.run(None, {n: x.numpy() for n, x in zip(names, xs, strict=True)})
     except Exception as exc:
-        raise ExportError(f"the dynamic ONNX graph does not run at input {list(other)}: {_short(exc)}") from None
+        raise ExportError(f"the dynamic ONNX graph does not run at input {_dims(shown)}: {_short(exc)}") from None
     with torch.no_grad():
-        refs = _flat(model(x))
+        refs = _flat(model(*xs))
     stats = _compare(ys, refs)
     if stats is None:
         raise ExportError(
-            f"the dynamic ONNX graph gives {[list(y.shape) for y in ys]} at input {list(other)}, PyTorch "
+            f"the dynamic ONNX graph gives {[list(y.shape) for y in ys]} at input {_dims(shown)}, PyTorch "
             f"{[list(r.shape) for r in refs]}: some size is fixed in the graph; export without --dynamic"
         )
     rel = stats[0] / max(stats[1], 1e-30)
     if rel > 1e-3:
         raise ExportError(
-            f"the dynamic ONNX graph differs from PyTorch at input {list(other)} (relative {rel:.2e}): "
+            f"the dynamic ONNX graph differs from PyTorch at input {_dims(shown)} (relative {rel:.2e}): "
             "some size is fixed in the graph; export without --dynamic"
         )
-    return [other]
+    return others
+
+
+def _dims(shape: Any) -> Any:
+    return list(shape) if shape and isinstance(shape[0], int) else [list(s) for s in shape]
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -520,10 +670,11 @@ def _compare(ys: list[np.ndarray], refs: list[np.ndarray]) -> tuple[float, float
 def check_onnx(
     path: str | os.PathLike[str],
     model: nn.Module,
-    input: np.ndarray | Tensor,
+    input: np.ndarray | Tensor | Sequence[np.ndarray | Tensor],
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> OnnxCheck:
-    """Run ``path`` in onnxruntime and ``model`` in PyTorch on ``input``; compare the outputs.
+    """Run ``path`` in onnxruntime and ``model`` in PyTorch on ``input`` (one array, or one per net input, in the
+    graph's input order); compare the outputs.
 
     Passes when max |onnx - torch| <= ``tolerance`` x max |torch|. Deep float32 networks can amplify rounding
     beyond that (the width-reduced DeepLab-v2 fixture: PyTorch fp32 itself is 3e-4 from fp64); so when the
@@ -532,17 +683,27 @@ def check_onnx(
     are reported either way.
     """
     _, ort = _require_onnx()
-    x = torch.as_tensor(np.ascontiguousarray(input), dtype=torch.float32)
+    inputs = [input] if isinstance(input, (np.ndarray, Tensor)) else list(input)
+    return _check(str(path), model, inputs, tolerance, ort, path)
+
+
+def _check(source: Any, model: nn.Module, inputs: Sequence[Any], tolerance: float, ort: Any, path: Any) -> OnnxCheck:
+    xs = [torch.as_tensor(np.ascontiguousarray(i), dtype=torch.float32) for i in inputs]
     try:
-        sess = _session(str(path), ort)
-        ys = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+        sess = _session(source, ort)
+        names = [i.name for i in sess.get_inputs()]
+        if len(names) != len(xs):
+            raise ExportError(f"the ONNX graph has {len(names)} input(s) {names}, {len(xs)} given", file=path)
+        ys = sess.run(None, {n: x.numpy() for n, x in zip(names, xs, strict=True)})
+    except SegconvertError:
+        raise
     except Exception as exc:
         raise ExportError(f"onnxruntime cannot run the file: {type(exc).__name__}: {_short(exc)}", file=path) from None
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            refs = _flat(model(x))
+            refs = _flat(model(*xs))
         version = ort.__version__
         stats = _compare(ys, refs)
         if stats is None:
@@ -554,7 +715,7 @@ def check_onnx(
         rel = max_abs / absmax if absmax > 0 else (0.0 if max_abs == 0 else math.inf)
         check = OnnxCheck(version, list(refs[0].shape), max_abs, absmax, rel, tolerance, bool(rel <= tolerance), cosine)
         if not check.ok and math.isfinite(rel):
-            refs64 = _float64_forward(model, x)
+            refs64 = _float64_forward(model, xs)
             floor = _compare(refs, refs64)[0] / absmax
             to64 = _compare(ys, refs64)[0] / absmax
             check.float32_floor, check.rel_to_float64 = floor, to64
@@ -566,11 +727,11 @@ def check_onnx(
         model.train(was_training)
 
 
-def _float64_forward(model: nn.Module, x: Tensor) -> list[np.ndarray]:
+def _float64_forward(model: nn.Module, xs: Sequence[Tensor]) -> list[np.ndarray]:
     """The model's outputs computed in float64 (weights cast; the model is restored to float32)."""
     model.double()
     try:
         with torch.no_grad():
-            return _flat(model(x.double()))
+            return _flat(model(*(x.double() for x in xs)))
     finally:
         model.float()

@@ -3,6 +3,8 @@
 Every blob's values are a read-only numpy array viewing the memory map (no Python floats, no second
 copy, no 2 GB protobuf ceiling). Only the small non-blob part of each layer goes through protobuf.
 Both ``layer`` (V2, field 100) and legacy ``layers`` (V1, field 2) are read; V1 layers are upgraded.
+NVCaffe's ``raw_data`` blobs (``raw_data_type`` FLOAT16 / FLOAT / DOUBLE) are read too: FLOAT views the map,
+FLOAT16 is widened to float32 (exact), DOUBLE stays float64 like ``double_data``; a note says so.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from segconvert.formats.caffe_schema import (
     ALT_FORK_NUMBERS,
     BVLC_INPUT_PARAM,
     INPUT_PARAM_PRIVATE,
+    NVCAFFE_PRIVATE,
+    NVCAFFE_VARINT_FIELDS,
     message_class,
 )
 from segconvert.formats.caffe_upgrade import upgrade_v1_layer
@@ -34,6 +38,10 @@ _V1_NAME, _V1_TYPE, _V1_BLOBS = 4, 5, 6
 # BlobProto
 _B_NUM, _B_CHANNELS, _B_HEIGHT, _B_WIDTH = 1, 2, 3, 4
 _B_DATA, _B_DIFF, _B_SHAPE, _B_DOUBLE, _B_DOUBLE_DIFF = 5, 6, 7, 8, 9
+_B_RAW_TYPE, _B_RAW_DIFF_TYPE, _B_RAW, _B_RAW_DIFF = 10, 11, 12, 13  # NVCaffe
+# NVCaffe ``Type`` -> (name, little-endian dtype); DOUBLE (0) is the proto default.
+_RAW_TYPES = {0: ("DOUBLE", "<f8"), 1: ("FLOAT", "<f4"), 2: ("FLOAT16", "<f2")}
+_RAW_OTHER = {3: "INT", 4: "UINT", 5: "BOOL"}
 
 _MAGIC = {
     b"\x89HDF": "an HDF5 file (Keras weights?)",
@@ -121,6 +129,8 @@ class _Reader:
         self.buf = buf
         self.size = size
         self.warnings: list[str] = []
+        self.raw_counts: dict[str, int] = {}  # NVCaffe raw_data type name -> blobs read
+        self.raw_layers: list[str] = []
 
     def fail(self, message: str, offset: int | None, layer: str | None = None) -> CaffeFormatError:
         return CaffeFormatError(message, file=self.path, offset=offset, layer=layer)
@@ -157,6 +167,8 @@ class _Reader:
         except (DecodeError, UnicodeDecodeError) as exc:
             raise self.fail(f"cannot decode the net header: {exc}", 0) from None
         fmt = "V1+V2" if seen_v1 and seen_v2 else ("V1" if seen_v1 else "V2")
+        if self.raw_counts:
+            self.warnings.append(self._raw_note())
         return CaffeModel(
             path=self.path,
             name=net_param.name,
@@ -166,6 +178,15 @@ class _Reader:
             size=self.size,
             warnings=self.warnings,
         )
+
+    def _raw_note(self) -> str:
+        kinds = ", ".join(f"{n} {name}" for name, n in sorted(self.raw_counts.items()))
+        what = {"FLOAT16": "FLOAT16 widened to float32 (exact)", "DOUBLE": "DOUBLE kept as float64"}
+        how = "; ".join(what[k] for k in sorted(self.raw_counts) if k in what)
+        layers = ", ".join(self.raw_layers[:5]) + (
+            f" and {len(self.raw_layers) - 5} more" if len(self.raw_layers) > 5 else ""
+        )
+        return f"NVCaffe raw_data blobs ({kinds}) in layer(s) {layers}" + (f": {how}" if how else "")
 
     def _peek_layer_name(self, offset: int) -> str | None:
         """Name of a layer record starting at ``offset`` whose length runs past the end (truncated file)."""
@@ -203,6 +224,7 @@ class _Reader:
         blobs: list[np.ndarray] = []
         offsets: list[int] = []
         rest: list[bytes] = []
+        raw_before = sum(self.raw_counts.values())
         for fld in fields:
             if fld.number == blobs_no and fld.wire_type == pw.LEN:
                 try:
@@ -212,8 +234,12 @@ class _Reader:
                 offsets.append(fld.tag_start)
             elif not v1 and isinstance(ltype, str) and fld.wire_type == pw.LEN:
                 rest.append(self._fork_field(ltype, fld))
+            elif not v1 and fld.wire_type == pw.VARINT and fld.number in NVCAFFE_VARINT_FIELDS:
+                rest.append(pw.retag(self.buf, fld, NVCAFFE_PRIVATE + fld.number))
             else:
                 rest.append(bytes(self.buf[fld.tag_start : fld.end]))
+        if sum(self.raw_counts.values()) > raw_before:
+            self.raw_layers.append(name)
         param = self._parse_param(b"".join(rest), v1, name, rec.tag_start)
         try:
             _touch_strings(param)
@@ -275,6 +301,8 @@ class _Reader:
         dims: list[int] | None = None
         data: list[np.ndarray] = []
         doubles: list[np.ndarray] = []
+        raw: pw.Field | None = None
+        raw_type = 0
         for fld in pw.iter_fields(buf, rec.start, rec.end):
             n, wt = fld.number, fld.wire_type
             if n == _B_DATA:
@@ -287,6 +315,10 @@ class _Reader:
                 legacy[n - 1] = pw.as_int32(fld.value)
             elif n in (_B_DIFF, _B_DOUBLE_DIFF):
                 continue
+            elif n == _B_RAW and wt == pw.LEN:
+                raw = fld
+            elif n == _B_RAW_TYPE and wt == pw.VARINT:
+                raw_type = pw.as_int32(fld.value)
         if any(v is not None for v in legacy):
             shape = tuple(int(v or 0) for v in legacy)
         else:
@@ -294,6 +326,10 @@ class _Reader:
         if any(d < 0 for d in shape):
             raise pw.WireError(f"negative blob dimension in shape {shape}", rec.tag_start)
         values = doubles if any(len(d) for d in doubles) else data
+        if raw is not None:
+            if any(len(v) for v in values):
+                raise pw.WireError("blob has both data and NVCaffe raw_data", rec.tag_start)
+            values = [self._raw_values(raw, raw_type)]
         arr = values[0] if len(values) == 1 else np.concatenate(values) if values else np.empty(0, "<f4")
         count = 1
         for d in shape:
@@ -304,6 +340,22 @@ class _Reader:
                 rec.tag_start,
             )
         return arr.reshape(shape)
+
+    def _raw_values(self, fld: pw.Field, raw_type: int) -> np.ndarray:
+        """NVCaffe ``raw_data`` of ``raw_data_type``: FLOAT viewed, FLOAT16 widened to float32, DOUBLE as is."""
+        if raw_type not in _RAW_TYPES:
+            what = _RAW_OTHER.get(raw_type, f"value {raw_type}")
+            raise pw.WireError(f"NVCaffe raw_data_type {what} is not a floating-point type", fld.tag_start)
+        type_name, dtype = _RAW_TYPES[raw_type]
+        itemsize = int(dtype[-1])
+        nbytes = fld.end - fld.start
+        if nbytes % itemsize:
+            raise pw.WireError(
+                f"NVCaffe raw_data of {nbytes} bytes is not a multiple of {itemsize} ({type_name})", fld.tag_start
+            )
+        arr = np.frombuffer(self.buf, dtype=dtype, count=nbytes // itemsize, offset=fld.start)
+        self.raw_counts[type_name] = self.raw_counts.get(type_name, 0) + 1
+        return arr.astype(np.float32) if type_name == "FLOAT16" else arr
 
     def _values(self, fld: pw.Field, fixed_type: int, dtype: str) -> np.ndarray:
         itemsize = 4 if dtype == "<f4" else 8

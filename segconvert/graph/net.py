@@ -87,11 +87,12 @@ def load_net(
     if phase not in _PHASES:
         raise ValueError(f"phase must be TRAIN or TEST, not {phase!r}")
     model = caffemodel if isinstance(caffemodel, CaffeModel) else None
+    proto_notes: list[str] = []  # unknown fields of data layers (segconvert.formats.prototxt)
     if caffemodel is not None and model is None:
         model = read_caffemodel(caffemodel)
     if prototxt is not None:
         proto_path = Path(prototxt)
-        net_param = read_prototxt(proto_path)
+        net_param = read_prototxt(proto_path, proto_notes)
         params, fmt = _layers_of(net_param)
         source_file: Path | None = proto_path
     else:
@@ -129,6 +130,7 @@ def load_net(
         format=fmt,
         excluded_layers=excluded,
     )
+    net.warnings.extend(proto_notes)
     if input_shapes:
         net.inputs.update({k: tuple(v) for k, v in input_shapes.items()})
     if model is not None:

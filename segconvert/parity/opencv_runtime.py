@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,10 +107,19 @@ def opencv_limitation(layer: Any) -> str | None:
     return None
 
 
+def net_inputs(net: Any) -> list[tuple[str, tuple[int, ...] | None]]:
+    """Every input of a net, in order: ``input``/``input_dim`` declarations, then ``Input`` layer tops."""
+    found = list(net.inputs.items())
+    for layer in net.layers:
+        if layer.type == "Input":
+            shapes = layer.output_shapes or [None] * len(layer.tops)
+            found += [(top, shape) for top, shape in zip(layer.tops, shapes, strict=False)]
+    return found
+
+
 def net_input(net: Any) -> tuple[str, tuple[int, ...] | None]:
     """The single input of a net: ``input``/``input_dim`` declaration or an ``Input`` layer (name, shape)."""
-    found = list(net.inputs.items())
-    found += [(layer.tops[0], layer.output_shapes[0]) for layer in net.layers if layer.type == "Input" and layer.tops]
+    found = net_inputs(net)
     if len(found) != 1:
         names = [n for n, _ in found]
         raise SegconvertError(f"expected a net with one input, found {names or 'none'}", file=net.prototxt)
@@ -257,11 +266,13 @@ def _write_twin(twin: _Twin, workdir: Path) -> tuple[Path, Path | None]:
 def opencv_run(
     prototxt: str | os.PathLike[str],
     caffemodel: str | os.PathLike[str],
-    input_nchw: np.ndarray,
+    input_nchw: np.ndarray | Mapping[str, np.ndarray],
     layers: Iterable[str] | None = None,
     input_name: str | None = None,
 ) -> OpenCVResult:
     """Run the net's OpenCV twin on ``input_nchw``; return the outputs of ``layers`` (default: every layer).
+
+    ``input_nchw``: the array for a one-input net, or ``{input name: array}`` for every input of the net.
 
     Requested layers that OpenCV cannot compute exactly are left out of ``outputs`` and listed in ``unchecked``.
     Raises :class:`SegconvertError` when OpenCV is not installed or fails on the net.
@@ -272,19 +283,25 @@ def opencv_run(
         raise SegconvertError("OpenCV is not installed (pip install 'segconvert[parity]')") from None
     from segconvert.graph import load_net
 
-    x = np.ascontiguousarray(input_nchw, dtype=np.float32)
     declared = load_net(prototxt)
-    name, shape = net_input(declared)
-    if input_name is not None and input_name != name:
-        raise SegconvertError(f"the net's input is {name!r}, not {input_name!r}", file=prototxt)
-    if name in declared.inputs:
-        net = load_net(prototxt, caffemodel, input_shapes={name: tuple(x.shape)})
-    elif shape is not None and tuple(shape) != tuple(x.shape):
-        raise SegconvertError(
-            f"the Input layer declares {list(shape)}, the input is {list(x.shape)}", file=prototxt, key=name
-        )
+    if isinstance(input_nchw, Mapping):
+        given = {str(k): np.ascontiguousarray(v, dtype=np.float32) for k, v in input_nchw.items()}
     else:
-        net = load_net(prototxt, caffemodel)
+        name, _ = net_input(declared)
+        if input_name is not None and input_name != name:
+            raise SegconvertError(f"the net's input is {name!r}, not {input_name!r}", file=prototxt)
+        given = {name: np.ascontiguousarray(input_nchw, dtype=np.float32)}
+    found = dict(net_inputs(declared))
+    if set(given) != set(found):
+        raise SegconvertError(f"the net's inputs are {list(found)}, given {list(given)}", file=prototxt)
+    for name, x in given.items():
+        shape = found[name]
+        if name not in declared.inputs and shape is not None and tuple(shape) != tuple(x.shape):
+            raise SegconvertError(
+                f"the Input layer declares {list(shape)}, the input is {list(x.shape)}", file=prototxt, key=name
+            )
+    redeclared = {n: tuple(x.shape) for n, x in given.items() if n in declared.inputs}
+    net = load_net(prototxt, caffemodel, input_shapes=redeclared or None)
     twin = _Twin(net)
     wanted = list(layers) if layers is not None else [layer.name for layer in net.layers]
     in_twin = set(twin.names)
@@ -301,7 +318,8 @@ def opencv_run(
             cv_net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
             cv_net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
             cv_net.enableFusion(False)
-            cv_net.setInput(x, name)
+            for name, x in given.items():
+                cv_net.setInput(x, name)
             results = cv_net.forward(fetch) if fetch else []
         except cv2.error as exc:
             msg = " ".join(str(exc).split())

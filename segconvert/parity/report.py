@@ -62,6 +62,10 @@ class ParityReport:
         bad = self.first_failure
         if bad is None:
             return None
+        if bad.type == "ONNX":  # a whole-graph comparison: the input preprocessing is the same on both sides
+            if bad.note.startswith(("shape", "output shapes")):
+                return "the ONNX graph's output shape differs: it was exported for another input size (re-export)"
+            return "the ONNX graph computes something else than PyTorch: re-export it with segconvert export-onnx"
         if bad.note.startswith("shape"):
             return "output shape differs: stride placement, padding, dilation or pooling rounding"
         idx = self.rows.index(bad)

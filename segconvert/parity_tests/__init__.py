@@ -5,7 +5,9 @@ automatically through the ``pytest11`` entry point)::
 
     python -m pytest --pyargs segconvert.parity_tests \\
         --caffe-prototxt deploy.prototxt --caffe-model weights.caffemodel \\
-        [--caffe-dump DUMP_DIR] [--converted out.safetensors] [--arch NAME] [--caffe-layer-cases DIR]
+        [--caffe-dump DUMP_DIR] [--converted out.safetensors] [--caffe-arch NAME] [--caffe-layer-cases DIR]
+    python -m pytest --pyargs segconvert.parity_tests \\
+        --converted out.safetensors --tf-checkpoint model.ckpt   # or --keras-h5 weights.h5
 
 Each test skips, saying which option it needs, when its inputs are not given. ``DUMP_DIR`` holds what a
 real Caffe computed (``input.npy``, ``outputs.npz`` keyed ``"<layer>/<top>"``, optional ``meta.json``):

@@ -16,6 +16,8 @@ _OPTIONS = {
         "folder with real-Caffe outputs: input.npy, outputs.npz ('<layer>/<top>' keys), meta.json",
     ),
     "converted": ("--converted", "a weights file written by segconvert (caffe2torch/slim2torch/keras2torch)"),
+    "tf_checkpoint": ("--tf-checkpoint", "the TF checkpoint (prefix, .index or V1 .ckpt) a --converted file came from"),
+    "keras_h5": ("--keras-h5", "the Keras .h5 a --converted file came from"),
     "arch": ("--caffe-arch", "architecture name for caffe2torch (default: detected)"),
     "layer_cases": (
         "--caffe-layer-cases",
@@ -40,6 +42,8 @@ class UserFiles:
     caffemodel: Path | None
     dump: Path | None
     converted: Path | None
+    tf_checkpoint: Path | None
+    keras_h5: Path | None
     arch: str | None
     layer_cases: Path | None
 
@@ -50,7 +54,7 @@ class UserFiles:
             option = _OPTIONS[name][0]
             if value is None:
                 pytest.skip(f"needs {option}")
-            if isinstance(value, Path) and not value.exists():
+            if isinstance(value, Path) and not (value.exists() or Path(f"{value}.index").exists()):
                 pytest.fail(f"{option} {value}: no such file or folder")
 
 

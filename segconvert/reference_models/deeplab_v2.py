@@ -5,6 +5,11 @@ Module names and their Caffe counterparts (SPEC 3): ``backbone`` (``conv1`` .. `
 ``upsample075``/``upsample05`` (``fc1_voc12_res075_interp``/``fc1_voc12_res05_interp``), ``fuse``
 (``fc_fusion``), ``upsample.interp`` (``fc1_interp``). With MSC the backbone and ASPP run three times per
 forward, in the order 1x, 0.75x, 0.5x (forward-hook call indices 0, 1, 2).
+
+``msc_resize`` picks how the scale copies are resized: ``caffe`` (the Interp layers above), ``isht7``
+(isht7/pytorch-deeplab-resnet: inputs to ``int(0.75H)+1`` / ``int(0.5H)+1``, branch maps straight to the 1x map,
+align_corners) or ``kazuto`` (kazuto1011/deeplab-pytorch: ``scale_factor`` 0.75 / 0.5 and branch maps to the 1x
+map with ``align_corners=False``). ``resize`` is the final upsampling's convention (``half_pixel`` for kazuto).
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import EltwiseMax, UpsampleToInput
-from .ops import Interp
+from .ops import RESIZE_MODES, Interp, check_choice
 from .resnet import BACKBONE_KEYS, ResNet, backbone_config
 
-__all__ = ["DeepLabV2", "ASPP", "deeplab_msc_loss", "deeplabv2_config", "shrink_label"]
+__all__ = ["DeepLabV2", "ASPP", "deeplab_msc_loss", "deeplabv2_config", "shrink_label", "MSC_RESIZE"]
+
+MSC_RESIZE = ("caffe", "isht7", "kazuto")
 
 
 class ASPP(nn.Module):
@@ -51,6 +58,8 @@ def deeplabv2_config(
     aspp_rates: list[int] | None = None,
     input_size: list[int] | None = None,
     output_stride: int = 8,
+    msc_resize: str = "caffe",
+    resize: str = "align_corners",
     **backbone: Any,
 ) -> dict[str, Any]:
     """Complete DeepLab-v2 keyword arguments into a JSON-serialisable config.
@@ -59,9 +68,13 @@ def deeplabv2_config(
     ``widths``, ``dilations``, ``bn_eps``, ``norm``, ...).
     """
     bb = backbone_config(depth=depth, output_stride=output_stride, **backbone)
+    check_choice("msc_resize", msc_resize, MSC_RESIZE)
+    check_choice("resize", resize, RESIZE_MODES)
     return dict(
         num_classes=int(num_classes),
         msc=bool(msc),
+        msc_resize=msc_resize,
+        resize=resize,
         aspp_rates=[int(r) for r in (aspp_rates or [6, 12, 18, 24])],
         input_size=[int(s) for s in input_size] if input_size else None,
         **bb,
@@ -92,7 +105,7 @@ class DeepLabV2(nn.Module):
             self.upsample075 = Interp(zoom_factor=4, shrink_factor=3)
             self.upsample05 = Interp(zoom_factor=2)
             self.fuse = EltwiseMax()
-        self.upsample = UpsampleToInput(cfg["output_stride"], "align_corners")
+        self.upsample = UpsampleToInput(cfg["output_stride"], cfg["resize"])
 
     def score(self, x: Tensor) -> Tensor:
         """Single-scale score map (``fc1_voc12``) at feature resolution."""
@@ -104,11 +117,23 @@ class DeepLabV2(nn.Module):
         out["fc1_voc12"] = s1 = self.score(x)
         if not self.config["msc"]:
             return out
-        s075 = self.score(self.resize075(x))
-        s05 = self.score(self.resize05(x))
         size = s1.shape[-2:]
-        u075 = _match(self.upsample075(s075), size)
-        u05 = _match(self.upsample05(s05), size)
+        style = self.config["msc_resize"]
+        if style == "caffe":
+            s075 = self.score(self.resize075(x))
+            s05 = self.score(self.resize05(x))
+            u075 = _match(self.upsample075(s075), size)
+            u05 = _match(self.upsample05(s05), size)
+        elif style == "isht7":
+            h, w = x.shape[-2:]
+            s075 = self.score(_align(x, (int(h * 0.75) + 1, int(w * 0.75) + 1)))
+            s05 = self.score(_align(x, (int(h * 0.5) + 1, int(w * 0.5) + 1)))
+            u075, u05 = _align(s075, size), _align(s05, size)
+        else:  # kazuto: scale_factor resizes (source coordinates use the factor), half-pixel back to the 1x map
+            s075 = self.score(F.interpolate(x, scale_factor=0.75, mode="bilinear", align_corners=False))
+            s05 = self.score(F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False))
+            u075 = F.interpolate(s075, size=tuple(size), mode="bilinear", align_corners=False)
+            u05 = F.interpolate(s05, size=tuple(size), mode="bilinear", align_corners=False)
         out["fc1_voc12_res075"], out["fc1_voc12_res05"] = s075, s05
         out["fc1_voc12_res075_interp"], out["fc1_voc12_res05_interp"] = u075, u05
         out["fc_fusion"] = self.fuse(s1, u075, u05)
@@ -121,6 +146,13 @@ class DeepLabV2(nn.Module):
             return OrderedDict((k, scores[k]) for k in keys if k in scores)
         final = scores["fc_fusion"] if self.config["msc"] else scores["fc1_voc12"]
         return self.upsample(final, x.shape[-2:])
+
+
+def _align(x: Tensor, size) -> Tensor:
+    """align_corners bilinear resize (a copy when the size is already right)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
 
 
 def _match(x: Tensor, size) -> Tensor:

@@ -311,7 +311,7 @@ class SamePad2d(nn.Module):
         return left, right, t, b
 
     def forward(self, x: Tensor) -> Tensor:
-        p = self.pads(*x.shape[-2:])
+        p = self.pads(int(x.shape[-2]), int(x.shape[-1]))  # Python ints: an ONNX export gets exact constant pads
         return F.pad(x, p, value=self.value) if any(p) else x
 
     def extra_repr(self) -> str:
@@ -331,13 +331,14 @@ class TFSamePool2d(nn.Module):
         self.pad = SamePad2d(self.kernel_size, self.stride, value=-math.inf if mode == "max" else 0.0)
 
     def forward(self, x: Tensor) -> Tensor:
-        p = self.pad.pads(*x.shape[-2:])
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        p = self.pad.pads(h, w)
         if self.mode == "max":
             return F.max_pool2d(self.pad(x), self.kernel_size, self.stride)
         if not any(p):
             return F.avg_pool2d(x, self.kernel_size, self.stride)
         total = F.avg_pool2d(F.pad(x, p), self.kernel_size, self.stride, divisor_override=1)
-        ones = torch.ones((1, 1, *x.shape[-2:]), dtype=x.dtype, device=x.device)
+        ones = torch.ones((1, 1, h, w), dtype=x.dtype, device=x.device)
         count = F.avg_pool2d(F.pad(ones, p), self.kernel_size, self.stride, divisor_override=1)
         return total / count
 
@@ -403,7 +404,7 @@ def _legacy_axis(in_size: int, out_size: int, device) -> tuple[Tensor, Tensor, T
 def resize_bilinear_tf1_legacy(x: Tensor, size: Sequence[int]) -> Tensor:
     """TF1 ``resize_bilinear(align_corners=False, half_pixel_centers=False)``: src = dst * in/out, clamped."""
     oh, ow = int(size[0]), int(size[1])
-    h, w = x.shape[-2:]
+    h, w = int(x.shape[-2]), int(x.shape[-1])  # the indices are constants (an ONNX export is for this size)
     ylo, yhi, ylerp = _legacy_axis(h, oh, x.device)
     xlo, xhi, xlerp = _legacy_axis(w, ow, x.device)
     ylerp, xlerp = ylerp.to(x.dtype).reshape(-1, 1), xlerp.to(x.dtype)

@@ -56,7 +56,7 @@ class PPMPool(nn.Module):
         check_choice("ppm_mode", mode, PPM_MODES)
 
     def forward(self, x: Tensor) -> Tensor:
-        h, w = x.shape[-2:]
+        h, w = int(x.shape[-2]), int(x.shape[-1])  # Python ints: an ONNX export gets this size's exact kernels
         if self.mode == "fixed":
             if (h, w) != self.feature_size:
                 raise ValueError(

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 
 from segconvert import __version__
-from segconvert.errors import WeightsFileError
-from segconvert.fileio import atomic_write
+from segconvert.errors import OutputPathError, WeightsFileError
+from segconvert.fileio import atomic_write, check_output_path
 from segconvert.weights.provenance import sha256_file
 
-__all__ = ["save_converted", "read_metadata", "load_model", "write_safetensors"]
+__all__ = ["save_converted", "read_metadata", "load_model", "write_safetensors", "check_weights_output"]
 
 META_KEY = "segconvert"
 FORMATS = ("safetensors", "pth")
@@ -30,6 +30,27 @@ FORMATS = ("safetensors", "pth")
 
 def _canonical(meta: Mapping[str, Any]) -> str:
     return json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def weights_format(path: str | os.PathLike[str], fmt: str | None = None) -> str:
+    """The container for ``path``: ``fmt``, else ``pth`` for a .pth/.pt name, else safetensors."""
+    path = Path(path)
+    fmt = fmt or ("pth" if path.suffix in (".pth", ".pt") else "safetensors")
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+    if fmt == "pth" and path.suffix == ".safetensors":
+        raise OutputPathError("--format pth writes a torch archive: name it .pth, or drop --format pth", file=path)
+    if fmt == "safetensors" and path.suffix in (".pth", ".pt"):
+        raise OutputPathError(f"--format safetensors under a {path.suffix} name: name it .safetensors", file=path)
+    return fmt
+
+
+def check_weights_output(path: str | os.PathLike[str], fmt: str | None = None) -> str:
+    """Before any work: the weights file and its ``<path>.json`` sidecar can be written. Returns the format."""
+    fmt = weights_format(path, fmt)
+    check_output_path(path)
+    check_output_path(sidecar_path(path))
+    return fmt
 
 
 def save_converted(
@@ -45,9 +66,7 @@ def save_converted(
     ``progress``: show a byte progress bar on stderr while writing a large (> 64 MiB) safetensors file.
     """
     path = Path(path)
-    fmt = fmt or ("pth" if path.suffix in (".pth", ".pt") else "safetensors")
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+    fmt = check_weights_output(path, fmt)
     meta = {**meta, "segconvert_version": meta.get("segconvert_version", __version__)}
     text = _canonical(meta)
     tensors = {k: v.detach().to("cpu") for k, v in sorted(state_dict.items())}
@@ -141,6 +160,11 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
 def _load_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if not path.is_file():
         raise WeightsFileError("no such weights file", file=path)
+    from segconvert.formats.detect import describe_foreign_file
+
+    foreign = describe_foreign_file(path)
+    if foreign is not None:  # a source model, an export, a sidecar: say what it is instead of a parser error
+        raise WeightsFileError(f"not a segconvert weights file but {foreign}", file=path)
     with path.open("rb") as fh:
         head = fh.read(4)
     try:
@@ -170,8 +194,17 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return _load_raw(Path(path))[1]
 
 
-def load_model(path: str | os.PathLike[str], device: str = "cpu", **overrides: Any) -> torch.nn.Module:
-    """Rebuild the model from the file's metadata, load the weights strictly, and put it in eval mode."""
+def load_model(
+    path: str | os.PathLike[str], device: str = "cpu", *, fuse: bool = False, check: bool = False, **overrides: Any
+) -> torch.nn.Module:
+    """Rebuild the model from the file's metadata, load the weights strictly, and put it in eval mode.
+
+    ``fuse=True``: the inference form (BatchNorm / Scale / Bias folded into the convolutions, in-place
+    activations; :func:`segconvert.inference.prepare.prepare_model`), ``check=True`` verifying it against the
+    unfused model on the metadata's input. The default is the plain module, whose submodules and
+    intermediate outputs are the source layers' (what parity checks and fine-tuning need); ``eval``,
+    ``predict`` and ``benchmark`` ask for the fused form. The weights file is never changed.
+    """
     from segconvert.reference_models import create_model
 
     path = Path(path)
@@ -190,4 +223,8 @@ def load_model(path: str | os.PathLike[str], device: str = "cpu", **overrides: A
         )
     model.eval().to(device)
     model.segconvert_meta = meta
+    if fuse:
+        from segconvert.inference.prepare import prepare_model
+
+        model = prepare_model(model, fuse=True, check=check, source=path)
     return model

@@ -1,0 +1,478 @@
+"""The inference form of a converted model: per-channel affine layers folded into the preceding convolution.
+
+``fuse_model`` finds, by running the model once on example inputs (on the ``meta`` device when the model
+allows it, so no arithmetic is done), every convolution whose output is read by nothing but a chain of
+per-channel affine layers -- PSPNet ``BN`` / :class:`FrozenBatchNorm2d`, ``nn.BatchNorm2d`` in eval mode,
+Caffe ``BatchNorm`` (global statistics), ``Scale`` and ``Bias`` with learned per-channel parameters -- and
+folds the chain into the convolution's weight and bias (computed in float64, stored in the weight's dtype).
+The folded layers become :class:`Folded` (an identity that names its convolution). Activations whose input
+is a fresh convolution / affine output read by nothing else are switched to ``inplace=True``.
+
+The analysis is by data flow, not by module names, so it applies to the named reference models and to the
+generic (one module per source layer) nets alike; a module used several times (DeepLab-v2 MSC's shared
+backbone) is folded only when every use has the same chain. The fused model is for inference: its
+intermediate values (``layer_outputs``, forward hooks) are not those of the source layers any more.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from segconvert.reference_models.caffe_ops import BatchNorm as CaffeBatchNorm
+from segconvert.reference_models.caffe_ops import Bias as CaffeBias
+from segconvert.reference_models.caffe_ops import Scale as CaffeScale
+from segconvert.reference_models.ops import FrozenBatchNorm2d
+
+__all__ = ["Folded", "FuseCheck", "FuseReport", "channel_affine", "check_fused", "example_inputs", "fuse_model"]
+
+log = logging.getLogger(__name__)
+
+# Tensor methods / properties that read metadata only (not a use of the values).
+_METADATA = frozenset(
+    {"size", "dim", "numel", "stride", "is_contiguous", "storage_offset", "data_ptr", "element_size",
+     "__len__", "is_floating_point", "is_complex", "get_device", "ndimension", "nelement", "type"}
+)  # fmt: skip
+_CONVS = (nn.Conv2d, nn.ConvTranspose2d)
+
+
+class Folded(nn.Identity):
+    """A per-channel affine layer whose effect now lives in the weights of ``into``."""
+
+    def __init__(self, into: str, kind: str) -> None:
+        super().__init__()
+        self.into, self.kind = into, kind
+
+    def forward(self, x: torch.Tensor, *_: Any) -> torch.Tensor:  # noqa: D102
+        return x
+
+    def extra_repr(self) -> str:
+        return f"{self.kind} folded into {self.into}"
+
+
+@dataclass
+class FuseReport:
+    """What ``fuse_model`` did: ``folded`` conv -> affine module names, ``inplace`` activations, trace device."""
+
+    folded: dict[str, list[str]] = field(default_factory=dict)
+    inplace: list[str] = field(default_factory=list)
+    trace_device: str = "meta"
+    check: FuseCheck | None = None  # set by check_fused
+
+    def describe(self) -> str:
+        n = sum(len(v) for v in self.folded.values())
+        return (
+            f"{n} affine layers folded into {len(self.folded)} convolutions, {len(self.inplace)} in-place activations"
+        )
+
+
+def channel_affine(module: nn.Module, channels: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(scale, shift), float64 of shape (channels,), when ``module(x) == x * scale + shift`` per channel of a
+    (N, channels, H, W) input; None when the module is not such a layer (or not in a foldable configuration)."""
+
+    def f64(t: torch.Tensor | None, default: float) -> torch.Tensor:
+        if t is None:
+            return torch.full((channels,), default, dtype=torch.float64)
+        return t.detach().to("cpu", torch.float64).reshape(-1)
+
+    if isinstance(module, FrozenBatchNorm2d):
+        scale = f64(module.weight, 1.0) / torch.sqrt(f64(module.running_var, 1.0) + module.eps)
+        shift = f64(module.bias, 0.0) - f64(module.running_mean, 0.0) * scale
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm) and type(module) in (nn.BatchNorm2d, nn.SyncBatchNorm):
+        if module.training or module.running_mean is None or module.running_var is None:
+            return None
+        scale = f64(module.weight, 1.0) / torch.sqrt(f64(module.running_var, 1.0) + module.eps)
+        shift = f64(module.bias, 0.0) - f64(module.running_mean, 0.0) * scale
+    elif isinstance(module, CaffeBatchNorm):
+        if not module.use_global_stats:
+            return None
+        scale = 1.0 / torch.sqrt(f64(module.running_var, 1.0) + module.eps)
+        shift = -f64(module.running_mean, 0.0) * scale
+    elif isinstance(module, CaffeScale):
+        if module.axis not in (1, -3) or module.weight is None or module.weight.dim() != 1:
+            return None
+        if module.bias is not None and module.bias.dim() != 1:
+            return None
+        scale, shift = f64(module.weight, 1.0), f64(module.bias, 0.0)
+    elif isinstance(module, CaffeBias):
+        if module.axis not in (1, -3) or module.bias is None or module.bias.dim() != 1:
+            return None
+        scale, shift = torch.ones(channels, dtype=torch.float64), f64(module.bias, 0.0)
+    elif callable(getattr(module, "channel_affine", None)):  # other converters' per-channel layers
+        got = module.channel_affine()
+        if got is None:
+            return None
+        scale, shift = (f64(t, 0.0) for t in got)
+    else:
+        return None
+    if scale.numel() == 1:
+        scale = scale.expand(channels).clone()
+    if shift.numel() == 1:
+        shift = shift.expand(channels).clone()
+    if scale.numel() != channels or shift.numel() != channels:
+        return None
+    return scale, shift
+
+
+def _foldable_type(module: nn.Module) -> bool:
+    return isinstance(module, (FrozenBatchNorm2d, nn.BatchNorm2d, CaffeBatchNorm, CaffeScale, CaffeBias)) or callable(
+        getattr(module, "channel_affine", None)
+    )
+
+
+def _activation(module: nn.Module) -> bool:
+    return module.__class__.__module__ == "torch.nn.modules.activation" and getattr(module, "inplace", None) is False
+
+
+# --------------------------------------------------------------------------------------------- tracing
+
+
+@dataclass
+class _Call:
+    module: nn.Module
+    enter: int
+    exit: int = -1
+    inputs: tuple[int, ...] = ()  # ids of the tensor arguments, in order
+    n_args: int = 0
+    outputs: tuple[int, ...] = ()
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            out.extend(_tensors(o))
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            out.extend(_tensors(o))
+    return out
+
+
+class _Trace(TorchFunctionMode):
+    """Records every torch call's tensor inputs (data uses only) and every module call (enter/exit, in/out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seq = 0
+        self.uses: dict[int, list[int]] = {}
+        self.calls: list[_Call] = []
+        self.keep: list[Any] = []  # every tensor stays alive, so ids are unique for the whole trace
+
+    def tick(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if name not in _METADATA and not (name == "__get__" and not isinstance(out, torch.Tensor)):
+            s = self.tick()
+            for t in _tensors((args, kwargs)):
+                self.uses.setdefault(id(t), []).append(s)
+                self.keep.append(t)
+        self.keep.append(out)
+        return out
+
+    def hook(self, model: nn.Module) -> list[Any]:
+        stack: dict[int, list[_Call]] = {}
+
+        def pre(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            ts = _tensors((args, kwargs))
+            self.keep.extend(ts)
+            call = _Call(mod, self.tick(), inputs=tuple(id(t) for t in ts), n_args=len(args) + len(kwargs))
+            self.calls.append(call)
+            stack.setdefault(id(mod), []).append(call)
+
+        def post(mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+            call = stack[id(mod)].pop()
+            call.exit = self.tick()
+            ts = _tensors(out)
+            self.keep.extend(ts)
+            call.outputs = tuple(id(t) for t in ts)
+
+        handles = []
+        for m in model.modules():
+            handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(m.register_forward_hook(post, with_kwargs=True))
+        return handles
+
+
+def example_inputs(model: nn.Module, size: Sequence[int] | None = None) -> list[torch.Tensor]:
+    """Seeded inputs of the shapes the model's metadata records (see ``segconvert.weights.inputs``); a
+    3-channel 64x64 image for a model without metadata. ``size``: (H, W) for the free / image axes."""
+    meta = getattr(model, "segconvert_meta", None)
+    if not meta:
+        h, w = size or (64, 64)
+        return [torch.randn(1, 3, int(h), int(w), generator=torch.Generator().manual_seed(0))]
+    from segconvert.weights.inputs import input_specs, synthetic_inputs
+
+    return synthetic_inputs(input_specs(meta), size=size)
+
+
+def _run_trace(model: nn.Module, inputs: Sequence[torch.Tensor]) -> tuple[_Trace, set[int], str]:
+    """Run ``model`` under the recorder; on the meta device first (no arithmetic), else for real on CPU."""
+    errors = []
+    for device in ("meta", "real"):
+        trace = _Trace()
+        handles = trace.hook(model)
+        try:
+            with torch.no_grad(), trace:
+                if device == "meta":
+                    state = {
+                        k: v.to("meta")
+                        for k, v in {**dict(model.named_parameters()), **dict(model.named_buffers())}.items()
+                    }
+                    xs = [x.to("meta") for x in inputs]
+                    trace.keep.extend(xs)
+                    out = torch.func.functional_call(model, state, tuple(xs), strict=False)
+                else:
+                    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+                    xs = [x.to(dev) for x in inputs]
+                    trace.keep.extend(xs)
+                    out = model(*xs)
+            outs = _tensors(out)
+            trace.keep.extend(outs)
+            return trace, {id(t) for t in outs} | {id(x) for x in xs}, device
+        except Exception as exc:  # noqa: BLE001 - a model the meta device cannot run is traced for real
+            errors.append(f"{device}: {type(exc).__name__}: {exc}")
+        finally:
+            for h in handles:
+                h.remove()
+    raise RuntimeError("cannot trace the model for fusion (" + "; ".join(errors) + ")")
+
+
+# ----------------------------------------------------------------------------------------------- folding
+
+
+def _names(model: nn.Module) -> dict[int, list[tuple[nn.Module, str, str]]]:
+    """id(module) -> every (parent, attribute, qualified name) it sits under."""
+    out: dict[int, list[tuple[nn.Module, str, str]]] = {}
+    for pname, parent in model.named_modules(remove_duplicate=False):
+        for attr, child in parent._modules.items():
+            if child is not None:
+                out.setdefault(id(child), []).append((parent, attr, f"{pname}.{attr}" if pname else attr))
+    return out
+
+
+def _sole_reader(trace: _Trace, tensor: int, after: int, pinned: set[int]) -> _Call | None:
+    """The module call that reads ``tensor`` as its only argument and contains every use of it, if any."""
+    if tensor in pinned:
+        return None
+    uses = trace.uses.get(tensor, [])
+    if not uses:
+        return None
+    best = None  # the innermost such call (a container around the reader contains the uses too)
+    for call in trace.calls:
+        if call.enter > after and call.inputs == (tensor,) and call.n_args == 1:
+            if all(call.enter < u < call.exit for u in uses) and (best is None or call.enter > best.enter):
+                best = call
+    return best
+
+
+def _fold_into(conv: nn.Module, chain: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    w = conv.weight.detach()
+    out_ch = conv.out_channels
+    scale = torch.ones(out_ch, dtype=torch.float64)
+    shift = (
+        conv.bias.detach().to("cpu", torch.float64)
+        if conv.bias is not None
+        else torch.zeros(out_ch, dtype=torch.float64)
+    )
+    for s, t in chain:
+        scale, shift = scale * s, shift * s + t
+    w64 = w.to("cpu", torch.float64)
+    if isinstance(conv, nn.ConvTranspose2d):  # (in, out / g, kh, kw): output channel = group * (out / g) + column
+        g = conv.groups
+        w64 = (w64.reshape(g, -1, out_ch // g, *w.shape[2:]) * scale.reshape(g, 1, out_ch // g, 1, 1)).reshape(w.shape)
+    else:
+        w64 = w64 * scale.reshape(-1, *([1] * (w.dim() - 1)))
+    with torch.no_grad():
+        conv.weight.copy_(w64.to(w.dtype))
+        bias = shift.to(device=w.device, dtype=w.dtype)
+        if conv.bias is None:
+            conv.bias = nn.Parameter(bias, requires_grad=conv.weight.requires_grad)
+        else:
+            conv.bias.copy_(bias)
+
+
+def fuse_model(
+    model: nn.Module,
+    inputs: Sequence[torch.Tensor] | None = None,
+    *,
+    inplace: bool = False,
+    activations: bool = True,
+) -> tuple[nn.Module, FuseReport]:
+    """Fold per-channel affine layers into their convolutions (see the module docstring); returns
+    ``(fused model, report)``. ``inputs``: example inputs (default :func:`example_inputs`); ``inplace``: modify
+    ``model`` itself instead of a deep copy. The model must be in eval mode."""
+    if model.training:
+        raise ValueError("fuse_model needs a model in eval mode (BatchNorm statistics are folded)")
+    if not inplace:
+        model = copy.deepcopy(model)
+    report = FuseReport()
+    candidates = any(_foldable_type(m) for m in model.modules())
+    acts = activations and any(_activation(m) for m in model.modules())
+    if not candidates and not acts:
+        report.trace_device = "none"
+        return model, report
+    trace, pinned, report.trace_device = _run_trace(
+        model, list(inputs) if inputs is not None else example_inputs(model)
+    )
+    names = _names(model)
+    qual = {mid: where[0][2] for mid, where in names.items()}
+    calls_of: dict[int, list[_Call]] = {}
+    for c in trace.calls:
+        calls_of.setdefault(id(c.module), []).append(c)
+
+    # conv -> the chain of affine calls after every one of its calls (the same modules each time)
+    plans: dict[int, list[nn.Module]] = {}
+    producer_kind: dict[int, str] = {}  # tensor id -> "fresh" when made by a conv / affine / linear call
+    for mid, calls in calls_of.items():
+        mod = calls[0].module
+        if isinstance(mod, (nn.Linear, *_CONVS)) or _foldable_type(mod):
+            for c in calls:
+                for t in c.outputs:
+                    producer_kind[t] = "fresh"
+        if not isinstance(mod, _CONVS) or (isinstance(mod, nn.ConvTranspose2d) and mod.out_channels % mod.groups):
+            continue
+        chains = []
+        for c in calls:
+            chain: list[nn.Module] = []
+            if len(c.outputs) == 1:
+                cur, after = c.outputs[0], c.exit
+                while (reader := _sole_reader(trace, cur, after, pinned)) is not None:
+                    if not _foldable_type(reader.module) or len(reader.outputs) != 1:
+                        break
+                    if channel_affine(reader.module, mod.out_channels) is None:
+                        break
+                    chain.append(reader.module)
+                    cur, after = reader.outputs[0], reader.exit
+            chains.append(tuple(id(m) for m in chain))
+            if len(chains) == 1:
+                plans[mid] = chain
+        if not chains[0] or len(set(chains)) != 1:
+            plans.pop(mid, None)
+    # every call of a folded affine module must belong to that conv's chains
+    owner: dict[int, int] = {}
+    for cid, chain in list(plans.items()):
+        for m in chain:
+            n_uses = len(calls_of[cid])
+            if len(calls_of[id(m)]) != n_uses or owner.setdefault(id(m), cid) != cid:
+                plans.pop(cid)
+                break
+    for cid, chain in plans.items():
+        conv = calls_of[cid][0].module
+        _fold_into(conv, [channel_affine(m, conv.out_channels) for m in chain])  # type: ignore[misc]
+        report.folded[qual[cid]] = [qual[id(m)] for m in chain]
+        for m in chain:
+            for parent, attr, _ in names[id(m)]:
+                parent._modules[attr] = Folded(qual[cid], type(m).__name__)
+
+    if activations:
+        for mid, calls in calls_of.items():
+            mod = calls[0].module
+            if not _activation(mod):
+                continue
+            ok = True
+            for c in calls:
+                t = c.inputs[0] if len(c.inputs) == 1 and c.n_args == 1 else None
+                uses = trace.uses.get(t, []) if t is not None else []
+                if (
+                    t is None
+                    or t in pinned
+                    or producer_kind.get(t) != "fresh"
+                    or not uses
+                    or not all(c.enter < u < c.exit for u in uses)
+                ):
+                    ok = False
+                    break
+            if ok:
+                mod.inplace = True
+                report.inplace.append(qual[mid])
+    log.debug("fuse_model: %s (traced on %s)", report.describe(), report.trace_device)
+    return model, report
+
+
+# ---------------------------------------------------------------------------------------------- checking
+
+
+@dataclass
+class FuseCheck:
+    """``check_fused``: worst folded layer and the whole-model difference, both relative to max |unfused|."""
+
+    layers: int
+    worst_layer: str | None
+    worst_layer_rel: float
+    output_rel: float
+    argmax_agreement: float | None  # share of pixels whose argmax over channels agrees (4-D outputs)
+
+    def ok(self, layer_rtol: float = 1e-5, output_rtol: float = 2e-3) -> bool:
+        return self.worst_layer_rel <= layer_rtol and self.output_rel <= output_rtol
+
+    def describe(self) -> str:
+        agree = "" if self.argmax_agreement is None else f", argmax agreement {100 * self.argmax_agreement:.3f}%"
+        return (
+            f"{self.layers} folded layers, worst {self.worst_layer} {self.worst_layer_rel:.1e} x magnitude; "
+            f"output {self.output_rel:.1e} x magnitude{agree}"
+        )
+
+
+def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((a.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1e-12))
+
+
+def check_fused(
+    unfused: nn.Module, fused: nn.Module, report: FuseReport, inputs: Sequence[torch.Tensor] | None = None
+) -> FuseCheck:
+    """Run both models on ``inputs`` (default :func:`example_inputs`). Every folded convolution is checked on
+    the input it really gets: fused conv vs unfused conv + chain (float32 exactness: ~1e-7..1e-6 x magnitude).
+    The whole-model difference grows with depth like any change of float32 rounding order (about 1e-4 x
+    magnitude after ResNet-101), which is why the bound of :meth:`FuseCheck.ok` on it is the one between
+    two correct implementations of the net (2e-3, the fixtures' end-to-end tolerance)."""
+    xs = list(inputs) if inputs is not None else example_inputs(unfused)
+    dev = next((p.device for p in unfused.parameters()), torch.device("cpu"))
+    xs = [x.to(dev) for x in xs]
+    worst: tuple[float, str | None] = (0.0, None)
+    pending: dict[str, list[torch.Tensor]] = {}
+    handles = []
+    for conv_name, chain in report.folded.items():
+        conv, last = unfused.get_submodule(conv_name), unfused.get_submodule(chain[-1])
+        fconv = fused.get_submodule(conv_name)
+
+        def pre(mod: nn.Module, args: tuple, name: str = conv_name) -> None:
+            pending.setdefault(name, []).append(args[0])
+
+        def post(mod: nn.Module, args: tuple, out: torch.Tensor, name: str = conv_name, f: nn.Module = fconv) -> None:
+            nonlocal worst
+            x = pending[name].pop(0)
+            rel = _rel(f(x), out)
+            if rel >= worst[0]:
+                worst = (rel, name)
+
+        handles += [conv.register_forward_pre_hook(pre), last.register_forward_hook(post)]
+    try:
+        with torch.no_grad():
+            ref = unfused(*xs)
+    finally:
+        for h in handles:
+            h.remove()
+    with torch.no_grad():
+        got = fused(*xs)
+    refs, gots = _tensors(ref), _tensors(got)
+    out_rel = max((_rel(g, r) for g, r in zip(gots, refs, strict=True)), default=0.0)
+    agree = None
+    if refs and refs[-1].dim() == 4 and refs[-1].shape[1] > 1:
+        agree = float((refs[-1].argmax(1) == gots[-1].argmax(1)).double().mean())
+    check = FuseCheck(len(report.folded), worst[1], worst[0], out_rel, agree)
+    report.check = check
+    return check

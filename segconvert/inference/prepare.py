@@ -1,0 +1,88 @@
+"""One call from a loaded converted model to its inference form: fusion (+ check), memory format, compile, autocast.
+
+``prepare_model`` never touches the weights file: everything happens on the module in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from segconvert.errors import WeightsFileError
+
+__all__ = ["AMP_CHOICES", "amp_dtype", "autocast", "prepare_model"]
+
+AMP_CHOICES = ("bf16", "fp16")
+
+
+def amp_dtype(amp: str | bool | None, device: torch.device | str) -> torch.dtype | None:
+    """``"bf16"`` / ``"fp16"`` -> the dtype; True -> the device's usual one (fp16 on CUDA, bf16 elsewhere)."""
+    if amp in (None, False, "", "none", "off", "fp32"):
+        return None
+    kind = torch.device(device).type
+    if amp is True:
+        return torch.float16 if kind == "cuda" else torch.bfloat16
+    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    if str(amp).lower() not in table:
+        raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
+    dtype = table[str(amp).lower()]
+    if dtype == torch.float16 and kind == "cpu":
+        raise ValueError("fp16 autocast is for GPUs; on the CPU use bf16")
+    return dtype
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device | str, dtype: torch.dtype | None) -> Iterator[None]:
+    """``torch.autocast`` for ``dtype`` on the device's type, or nothing when ``dtype`` is None."""
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(torch.device(device).type, dtype=dtype):
+        yield
+
+
+def prepare_model(
+    model: nn.Module,
+    *,
+    fuse: bool = True,
+    check: bool = False,
+    channels_last: bool = False,
+    compile: bool = False,
+    inputs: Sequence[torch.Tensor] | None = None,
+    source: Any = None,
+) -> nn.Module:
+    """The inference form of ``model`` (modified in place and returned).
+
+    ``fuse``: :func:`segconvert.inference.fuse.fuse_model`; ``check``: compare it with the unfused model on
+    ``inputs`` (default: the metadata's synthetic input) and raise :class:`WeightsFileError` naming ``source``
+    when a folded layer is off by more than 1e-5 x its magnitude. ``channels_last``: the weights' memory
+    format; ``compile``: ``torch.compile`` (the returned module is the compiled wrapper, metadata kept).
+    The fuse report is kept as ``model.segconvert_fuse`` (None when not fused).
+    """
+    from segconvert.inference.fuse import check_fused, fuse_model
+
+    meta = getattr(model, "segconvert_meta", None)
+    model.eval()
+    report = None
+    if fuse:
+        reference = copy.deepcopy(model) if check else None
+        model, report = fuse_model(model, inputs, inplace=True)
+        if reference is not None:
+            result = check_fused(reference, model, report, inputs)
+            del reference
+            if not result.ok():
+                raise WeightsFileError(f"fused model differs from the unfused one: {result.describe()}", file=source)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.segconvert_fuse = report
+    if compile:
+        compiled = torch.compile(model, dynamic=True)
+        compiled.segconvert_meta = meta  # type: ignore[attr-defined]
+        compiled.segconvert_fuse = report  # type: ignore[attr-defined]
+        return compiled  # type: ignore[return-value]
+    return model

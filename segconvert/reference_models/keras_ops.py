@@ -1,0 +1,494 @@
+"""Keras layers as PyTorch modules, exact to Keras's (TensorFlow backend) inference.
+
+Every module works on channels-first tensors (the channel axis is dim 1, as ``torch.nn``); the generic net moves
+axes at the layout boundaries. Each class uses nothing but ``torch`` and the helpers above it, so
+:mod:`segconvert.converters.keras_codegen` copies its source verbatim into generated model files.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "tf_same_pads",
+    "activation",
+    "Conv",
+    "ConvTranspose",
+    "SeparableConv",
+    "HardSigmoid",
+    "Dense",
+    "BatchNorm",
+    "LayerNorm",
+    "KerasReLU",
+    "PReLU",
+    "Pool",
+    "GlobalPool",
+    "Resize",
+    "ZeroPad",
+    "Crop",
+    "Merge",
+    "Concat",
+    "Softmax",
+    "Flatten",
+    "Reshape",
+    "Permute",
+    "RepeatVector",
+    "Affine",
+    "MaxPoolWithArgmax",
+    "MaxUnpool",
+]
+
+
+def tf_same_pads(sizes: list[int], kernel: list[int], stride: list[int], dilation: list[int]) -> list[int]:
+    """``F.pad`` pads (last axis first) for TF ``SAME``: total = max((ceil(n/s)-1)*s + (k-1)*d + 1 - n, 0), the
+    smaller half before."""
+    pads: list[int] = []
+    for n, k, s, d in reversed(list(zip(sizes, kernel, stride, dilation, strict=True))):
+        total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
+        pads += [total // 2, total - total // 2]
+    return pads
+
+
+def activation(x: torch.Tensor, name: str, dim: int = 1, hard_slope: float = 0.2) -> torch.Tensor:
+    """A Keras activation by name (``dim``: softmax axis; ``hard_slope``: hard_sigmoid 0.2 (Keras 1/2) or 1/6)."""
+    if name == "linear":
+        return x
+    if name == "relu":
+        return F.relu(x)
+    if name == "relu6":
+        return F.relu6(x)
+    if name == "sigmoid":
+        return torch.sigmoid(x)
+    if name == "hard_sigmoid":
+        return torch.clamp(x * hard_slope + 0.5, 0.0, 1.0)
+    if name == "tanh":
+        return torch.tanh(x)
+    if name == "softmax":
+        return F.softmax(x, dim=dim)
+    if name == "log_softmax":
+        return F.log_softmax(x, dim=dim)
+    if name == "softplus":
+        return F.softplus(x)
+    if name == "softsign":
+        return F.softsign(x)
+    if name in ("swish", "silu"):
+        return x * torch.sigmoid(x)
+    if name == "gelu":
+        return F.gelu(x)
+    if name == "elu":
+        return F.elu(x)
+    if name == "selu":
+        return F.selu(x)
+    if name == "exponential":
+        return torch.exp(x)
+    if name == "leaky_relu":
+        return F.leaky_relu(x, 0.2)
+    if name == "mish":
+        return x * torch.tanh(F.softplus(x))
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def _pad_input(x: torch.Tensor, padding: str, kernel: list[int], stride: list[int], dilation: list[int]):
+    if padding == "same":
+        pads = tf_same_pads(list(x.shape[2:]), kernel, stride, dilation)
+        return F.pad(x, pads) if any(pads) else x
+    if padding == "causal":
+        return F.pad(x, [(kernel[0] - 1) * dilation[0], 0])
+    return x
+
+
+class Conv(nn.Module):
+    """Keras ConvND / DepthwiseConv2D (``groups`` = in_channels) with ``padding`` ``same`` (TF SAME, asymmetric
+    when the input size needs it) or ``causal`` (Conv1D: (k-1)*d zeros before); ``weight`` is (out, in/groups, *k)."""
+
+    def __init__(
+        self, in_channels, out_channels, kernel_size, stride, dilation=None, groups=1, bias=True, padding="same"
+    ) -> None:
+        super().__init__()
+        self.kernel_size, self.stride = list(kernel_size), list(stride)
+        self.dilation = list(dilation or [1] * len(self.kernel_size))
+        self.groups, self.padding = groups, padding
+        self.weight = nn.Parameter(torch.zeros(out_channels, in_channels // groups, *self.kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _pad_input(x, self.padding, self.kernel_size, self.stride, self.dilation)
+        conv = (F.conv1d, F.conv2d, F.conv3d)[len(self.kernel_size) - 1]
+        return conv(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, dilation={self.dilation}, padding={self.padding!r}"
+
+
+class ConvTranspose(nn.Module):
+    """Keras Conv{1,2}DTranspose: the full transposed convolution (``weight`` (in, out, *k)), cropped or
+    zero-extended to Keras's output size (``same``: TF's smaller half cropped first; ``output_padding``)."""
+
+    def __init__(
+        self, in_channels, out_channels, kernel_size, stride, dilation=None, bias=True, padding="valid",
+        output_padding=None,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.kernel_size, self.stride = list(kernel_size), list(stride)
+        self.dilation = list(dilation or [1] * len(self.kernel_size))
+        self.padding, self.output_padding = padding, output_padding
+        self.weight = nn.Parameter(torch.zeros(in_channels, out_channels, *self.kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sizes = list(x.shape[2:])
+        op = F.conv_transpose1d if x.dim() == 3 else F.conv_transpose2d
+        y = op(x, self.weight, None, self.stride, 0, 0, 1, self.dilation)
+        for i, n in enumerate(sizes):
+            k = (self.kernel_size[i] - 1) * self.dilation[i] + 1
+            s = self.stride[i]
+            if self.output_padding is None:
+                out = n * s if self.padding == "same" else n * s + max(k - s, 0)
+            else:
+                out = (n - 1) * s + k - 2 * (k // 2 if self.padding == "same" else 0) + self.output_padding[i]
+            before = max((n - 1) * s + k - out, 0) // 2 if self.padding == "same" else 0
+            y = y.narrow(2 + i, before, min(out, y.shape[2 + i] - before))
+            if y.shape[2 + i] < out:
+                y = F.pad(y, [0, 0] * (y.dim() - 3 - i) + [0, out - y.shape[2 + i]])
+        if self.bias is not None:
+            y = y + self.bias.reshape([1, -1] + [1] * (y.dim() - 2))
+        return y
+
+
+class SeparableConv(nn.Module):
+    """Keras SeparableConv{1,2}D: depthwise (``depth_multiplier``, no bias) then pointwise 1x1 (with the bias)."""
+
+    def __init__(
+        self, in_channels, out_channels, kernel_size, stride, dilation=None, depth_multiplier=1, bias=True,
+        padding="valid",
+    ) -> None:  # fmt: skip
+        super().__init__()
+        rank = len(kernel_size)
+        self.kernel_size, self.stride = list(kernel_size), list(stride)
+        self.dilation = list(dilation or [1] * rank)
+        self.padding = padding
+        conv = (nn.Conv1d, nn.Conv2d)[rank - 1]
+        mid = in_channels * depth_multiplier
+        self.depthwise = conv(in_channels, mid, kernel_size, stride, 0, self.dilation, in_channels, bias=False)
+        self.pointwise = conv(mid, out_channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _pad_input(x, self.padding, self.kernel_size, self.stride, self.dilation)
+        return self.pointwise(self.depthwise(x))
+
+
+class HardSigmoid(nn.Module):
+    """Keras hard_sigmoid: ``clip(x * slope + 0.5, 0, 1)``; slope 0.2 in Keras 1/2 and tf_keras, 1/6 in Keras 3."""
+
+    def __init__(self, slope: float = 0.2) -> None:
+        super().__init__()
+        self.slope = slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x * self.slope + 0.5, 0.0, 1.0)
+
+
+class Dense(nn.Linear):
+    """Keras Dense: a matmul over the features axis ``dim`` (the last Keras axis; 1 in channels-first layout)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dim: int = -1) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dim in (-1, x.dim() - 1):
+            return super().forward(x)
+        return super().forward(x.movedim(self.dim, -1)).movedim(-1, self.dim)
+
+
+class BatchNorm(nn.Module):
+    """Keras BatchNormalization at inference: ``(x - mean) * gamma / sqrt(var + eps) + beta`` along ``dim``."""
+
+    def __init__(self, num_features: int, eps: float = 1e-3, dim: int = 1) -> None:
+        super().__init__()
+        self.eps, self.dim = eps, dim
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = [1] * x.dim()
+        shape[self.dim] = -1
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        return x * scale.reshape(shape) + (self.bias - self.running_mean * scale).reshape(shape)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}, dim={self.dim}"
+
+
+class LayerNorm(nn.Module):
+    """Keras LayerNormalization over ``dims`` (Keras axes, Keras layout); gamma/beta have those axes' sizes."""
+
+    def __init__(self, shape: list[int], dims: list[int], eps: float = 1e-3) -> None:
+        super().__init__()
+        self.dims, self.eps = list(dims), eps
+        self.weight = nn.Parameter(torch.ones(shape))
+        self.bias = nn.Parameter(torch.zeros(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = sorted(d % x.dim() for d in self.dims)
+        mean = x.mean(dims, keepdim=True)
+        var = ((x - mean) ** 2).mean(dims, keepdim=True)
+        shape = [x.shape[d] if d in dims else 1 for d in range(x.dim())]
+        inv = torch.rsqrt(var + self.eps) * self.weight.reshape(shape)
+        return x * inv + (self.bias.reshape(shape) - mean * inv)
+
+
+class KerasReLU(nn.Module):
+    """Keras ReLU(max_value, negative_slope, threshold): x in [threshold, max), slope*(x-threshold) below."""
+
+    def __init__(self, max_value: float | None = None, negative_slope: float = 0.0, threshold: float = 0.0) -> None:
+        super().__init__()
+        self.max_value, self.negative_slope, self.threshold = max_value, negative_slope, threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.where(x >= self.threshold, x, (x - self.threshold) * self.negative_slope)
+        return y if self.max_value is None else torch.clamp(y, max=self.max_value)
+
+
+class PReLU(nn.Module):
+    """Keras PReLU: alpha has the Keras (channels-last) input shape with shared axes of size 1."""
+
+    def __init__(self, shape: list[int], channels_first: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(shape))
+        self.channels_first = channels_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.weight.movedim(-1, 0) if self.channels_first and self.weight.dim() > 1 else self.weight
+        if self.channels_first and self.weight.dim() == 1 and x.dim() > 2:
+            a = a.reshape([-1] + [1] * (x.dim() - 2))
+        return torch.where(x >= 0, x, x * a)
+
+
+class Pool(nn.Module):
+    """Keras Max/AveragePoolingND, ``valid`` or ``same`` (TF SAME; the average excludes the padding)."""
+
+    def __init__(self, mode: str, kernel_size: list[int], stride: list[int], padding: str = "valid") -> None:
+        super().__init__()
+        self.mode, self.kernel_size, self.stride, self.padding = mode, list(kernel_size), list(stride), padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rank = len(self.kernel_size)
+        pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d) if self.mode == "max" else (F.avg_pool1d, F.avg_pool2d)
+        pool = pool[rank - 1]
+        pads = [0] * (2 * rank)
+        if self.padding == "same":
+            pads = tf_same_pads(list(x.shape[2:]), self.kernel_size, self.stride, [1] * rank)
+        if not any(pads):
+            return pool(x, self.kernel_size, self.stride)
+        if self.mode == "max":
+            return pool(F.pad(x, pads, value=float("-inf")), self.kernel_size, self.stride)
+        total = pool(F.pad(x, pads), self.kernel_size, self.stride) * math.prod(self.kernel_size)
+        ones = torch.ones([1, 1, *x.shape[2:]], dtype=x.dtype, device=x.device)
+        count = pool(F.pad(ones, pads), self.kernel_size, self.stride) * math.prod(self.kernel_size)
+        return total / count
+
+    def extra_repr(self) -> str:
+        return f"{self.mode}, kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}"
+
+
+class GlobalPool(nn.Module):
+    """Keras Global{Average,Max}PoolingND over every axis after the channels (``keepdims`` keeps them as 1)."""
+
+    def __init__(self, mode: str, keepdims: bool = False) -> None:
+        super().__init__()
+        self.mode, self.keepdims = mode, keepdims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = list(range(2, x.dim()))
+        if self.mode == "max":
+            return x.amax(dims, keepdim=self.keepdims)
+        return x.mean(dims, keepdim=self.keepdims)
+
+
+class Resize(nn.Module):
+    """UpSampling2D / Resizing / BilinearUpsampling: ``scale`` or ``size``; ``bilinear`` half-pixel (TF2
+    ``tf.image.resize``) or with ``align_corners``; ``nearest`` (integer UpSampling2D) or ``nearest-exact``
+    (TF2 half-pixel nearest)."""
+
+    def __init__(self, mode="nearest", scale=None, size=None, align_corners=False) -> None:
+        super().__init__()
+        self.mode, self.scale, self.size, self.align_corners = mode, scale, size, align_corners
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = list(self.size) if self.size else [n * s for n, s in zip(x.shape[2:], self.scale, strict=True)]
+        if size == list(x.shape[2:]):
+            return x
+        if self.mode == "bilinear":
+            return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
+        return F.interpolate(x, size=size, mode=self.mode)
+
+
+class ZeroPad(nn.Module):
+    """Keras ZeroPaddingND: ``pads`` as ``[[before, after], ...]`` per spatial axis."""
+
+    def __init__(self, pads: list[list[int]]) -> None:
+        super().__init__()
+        self.pads = [list(p) for p in pads]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, [v for p in reversed(self.pads) for v in p])
+
+
+class Crop(nn.Module):
+    """Keras CroppingND: ``crops`` as ``[[before, after], ...]`` per spatial axis."""
+
+    def __init__(self, crops: list[list[int]]) -> None:
+        super().__init__()
+        self.crops = [list(c) for c in crops]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, (a, b) in enumerate(self.crops):
+            x = x.narrow(2 + i, a, x.shape[2 + i] - a - b)
+        return x
+
+
+class Merge(nn.Module):
+    """Keras Add / Subtract / Multiply / Average / Maximum / Minimum of its inputs, in order."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.op = op
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        y = xs[0]
+        for x in xs[1:]:
+            if self.op in ("add", "average"):
+                y = y + x
+            elif self.op == "subtract":
+                y = y - x
+            elif self.op == "multiply":
+                y = y * x
+            elif self.op == "maximum":
+                y = torch.maximum(y, x)
+            else:
+                y = torch.minimum(y, x)
+        return y / len(xs) if self.op == "average" else y
+
+    def extra_repr(self) -> str:
+        return self.op
+
+
+class Concat(nn.Module):
+    """Keras Concatenate along ``dim``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(xs, self.dim)
+
+
+class Softmax(nn.Module):
+    """Keras Softmax / Activation('softmax') along ``dim``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.softmax(x, dim=self.dim)
+
+
+class Flatten(nn.Module):
+    """Keras Flatten on a Keras-layout tensor (the element order of a channels_last model is kept)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+class Reshape(nn.Module):
+    """Keras Reshape (``shape`` without the batch axis; -1 allowed) on a Keras-layout tensor."""
+
+    def __init__(self, shape: list[int]) -> None:
+        super().__init__()
+        self.shape = list(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape([x.shape[0], *self.shape])
+
+
+class Permute(nn.Module):
+    """Keras Permute (``dims`` 1-based, without the batch axis) on a Keras-layout tensor."""
+
+    def __init__(self, dims: list[int]) -> None:
+        super().__init__()
+        self.dims = list(dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute([0, *self.dims])
+
+
+class RepeatVector(nn.Module):
+    """Keras RepeatVector: (N, F) -> (N, n, F)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(1).expand(-1, self.n, -1)
+
+
+class Affine(nn.Module):
+    """Keras Rescaling (``x * scale + offset``) and Normalization (``(x - mean) / sqrt(variance)``, along ``dim``:
+    mean and variance are buffers)."""
+
+    def __init__(self, scale: float = 1.0, offset: float = 0.0, num_features: int = 0, dim: int = 1) -> None:
+        super().__init__()
+        self.scale, self.offset, self.dim = scale, offset, dim
+        if num_features:
+            self.register_buffer("mean", torch.zeros(num_features))
+            self.register_buffer("variance", torch.ones(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "mean"):
+            shape = [1] * x.dim()
+            shape[self.dim] = -1
+            return (x - self.mean.reshape(shape)) / torch.sqrt(self.variance.reshape(shape)).clamp_min(1e-7)
+        return x * self.scale + self.offset
+
+
+class MaxPoolWithArgmax(nn.Module):
+    """SegNet's MaxPoolingWithArgmax2D: max pool (TF SAME or VALID) and the argmax as torch plane indices
+    (``y * W + x``; TF's flat NHWC index is ``index * C + c``)."""
+
+    def __init__(self, kernel_size: list[int], stride: list[int], padding: str = "same") -> None:
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = list(kernel_size), list(stride), padding
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pad, ceil = [0, 0], False
+        if self.padding == "same":
+            p = tf_same_pads(list(x.shape[2:]), self.kernel_size, self.stride, [1, 1])
+            if not {p[1] - p[0], p[3] - p[2]} <= {0, 1}:
+                raise ValueError(f"SAME pads {p} cannot be expressed with indices")
+            pad, ceil = [p[2], p[0]], p[1] > p[0] or p[3] > p[2]
+        return F.max_pool2d(x, self.kernel_size, self.stride, pad, 1, ceil, return_indices=True)
+
+
+class MaxUnpool(nn.Module):
+    """SegNet's MaxUnpooling2D: scatter into a (H*size, W*size) plane at the pooling indices."""
+
+    def __init__(self, size: list[int]) -> None:
+        super().__init__()
+        self.size = list(size)
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        out = [x.shape[2] * self.size[0], x.shape[3] * self.size[1]]
+        n, c = x.shape[:2]
+        flat = torch.zeros(n, c, out[0] * out[1], dtype=x.dtype, device=x.device)
+        flat.scatter_(2, indices.flatten(2).long(), x.flatten(2))
+        return flat.reshape(n, c, *out)

@@ -1,0 +1,82 @@
+"""Weight snapshots of a training run: ``OUT/iter_<N>.safetensors`` every ``snapshot`` iterations, ``OUT/final``.
+
+Each is a converted-weights file (:func:`segconvert.weights.store.save_converted`) with the metadata a
+conversion has (``arch``, ``config``, ``source.files`` with sha256 of the solver, the train net, the initial
+weights and the data files), so ``load_model``, ``segconvert eval``, ``export-onnx`` and ``verify`` take it, plus
+``training``: the iteration, max_iter, the solver's values and the optimizer form.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from segconvert.weights.provenance import source_entry
+from segconvert.weights.store import save_converted
+
+__all__ = ["SnapshotHook", "snapshot_meta"]
+
+
+def _data_files(data: Any) -> list[Path]:
+    files = [getattr(data, "list_path", None), *getattr(data, "files", [])]
+    return [Path(p) for p in files if p is not None]
+
+
+def snapshot_meta(trainer: Any, sources: list[dict[str, Any]], *, final: bool) -> dict[str, Any]:
+    """The metadata of a snapshot of ``trainer`` now."""
+    model = trainer.net.model
+    config = getattr(model, "config", {})
+    solver = trainer.solver
+    values = {k: v for k, v in solver.to_dict().items() if k != "resolved_net"}
+    return {
+        "arch": getattr(model, "arch_name", type(model).__name__),
+        "config": config,
+        "num_classes": config.get("num_classes"),
+        "input_size": config.get("input_size"),
+        "preprocessing": None,
+        "source": {"format": "caffe", "net_name": getattr(trainer.net.net, "name", ""), "files": sources},
+        "training": {
+            "iteration": int(trainer.iteration),
+            "max_iter": int(trainer.max_iter),
+            "final": bool(final),
+            "solver_file": solver.path.name if solver.path is not None else None,
+            "solver": values,
+            "optimizer": {"form": trainer.optimizer.defaults["form"], "arithmetic": trainer.optimizer.defaults[
+                "arithmetic"]},
+        },
+    }
+
+
+class SnapshotHook:
+    """Trainer hook writing snapshots into ``out_dir`` (``every``: the solver's ``snapshot``; 0 = final only)."""
+
+    def __init__(self, out_dir: str | Path, every: int = 0) -> None:
+        self.out_dir, self.every = Path(out_dir), int(every)
+        self.sources: list[dict[str, Any]] | None = None
+        self.written: list[Path] = []
+
+    def _sources(self, trainer: Any) -> list[dict[str, Any]]:
+        if self.sources is None:
+            setup = getattr(trainer, "setup", None)
+            files = setup.source_files() if setup is not None else []
+            files += _data_files(trainer.data)
+            self.sources = [source_entry(p) for p in dict.fromkeys(files)]
+        return self.sources
+
+    def on_train_start(self, trainer: Any) -> None:
+        self._sources(trainer)
+
+    def save(self, trainer: Any, name: str, *, final: bool) -> Path:
+        path = self.out_dir / name
+        state = trainer.net.model.state_dict()
+        save_converted(path, state, snapshot_meta(trainer, self._sources(trainer), final=final))
+        self.written.append(path)
+        return path
+
+    def on_step_end(self, trainer: Any, record: Any) -> None:
+        if self.every > 0 and trainer.iteration % self.every == 0:
+            self.save(trainer, f"iter_{trainer.iteration}.safetensors", final=False)
+
+    def on_train_end(self, trainer: Any) -> None:
+        if not trainer.stopped_early:
+            self.save(trainer, "final.safetensors", final=True)

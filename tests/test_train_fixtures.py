@@ -1,0 +1,222 @@
+"""The trainer against real Caffe SGD trajectories (``shared/fixtures/caffe_train``), iteration by iteration.
+
+Tolerances are a few times the fixture's measured one-ulp sensitivity (``meta.checks.sensitivity_...``: how far
+Caffe itself moves when every initial weight moves by one float32 ulp), max over iterations. Losses are also
+allowed twice the fixture's own float32-vs-float64 loss error (``float64_softmax_loss_vs_caffe_max_rel``): a
+float32 loss summed in another order cannot agree better than Caffe agrees with the exact value.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from segconvert.testing import fixture_path
+from segconvert.train.build import trainer_from_solver
+from segconvert.weights.store import load_model, read_metadata
+from tests.cli_runner import run_cli
+
+CASES = ["sgd_recipe_small", "sgd_step_policy", "deeplab_v2_msc_train"]
+FACTOR = 4.0
+
+
+def case(name: str):
+    d = fixture_path("caffe_train", name)
+    meta = json.loads((d / "meta.json").read_text())
+    traj = dict(np.load(d / "trajectory.npz"))
+    return d, meta, traj
+
+
+def tolerances(meta: dict) -> dict[str, float]:
+    per = meta["checks"]["sensitivity_1ulp_init_perturbation"]["per_iteration"]
+    worst = {k: max(it[k] for it in per) for k in per[0] if k != "iteration"}
+    return {
+        "loss": max(FACTOR * worst["loss_rel"], 2 * meta["checks"]["float64_softmax_loss_vs_caffe_max_rel"]),
+        "grad": FACTOR * worst["max_dgrad_over_max_grad"],
+        "history": FACTOR * worst["max_dv_over_max_v"],
+        "weights": FACTOR * worst["max_dw_over_distance_from_init"],
+    }
+
+
+def rel(a: np.ndarray, ref: np.ndarray) -> float:
+    scale = float(np.abs(ref).max())
+    return float(np.abs(a - ref).max()) / scale if scale else float(np.abs(a).max())
+
+
+class Recorder:
+    """Compares every iteration with the trajectory while the trainer runs; keeps the worst figures."""
+
+    def __init__(self, traj: dict[str, np.ndarray], w0: dict[str, torch.Tensor]) -> None:
+        self.traj, self.w0 = traj, w0
+        self.worst = {"loss": 0.0, "grad": 0.0, "history": 0.0, "weights": 0.0}
+        self.lr_bits_equal: list[bool] = []
+
+    def note(self, what: str, value: float) -> None:
+        self.worst[what] = max(self.worst[what], value)
+
+    def on_gradients_ready(self, trainer, record) -> None:
+        t = record.iteration
+        for e in trainer.net.param_entries():
+            key = f"iter{t}/grad_sum/{e.key}"
+            if key in self.traj and e.lr_mult != 0:
+                self.note("grad", rel(e.tensor.grad.numpy(), self.traj[key]))
+
+    def on_step_end(self, trainer, record) -> None:
+        t, tr = record.iteration, self.traj
+        self.lr_bits_equal.append(np.float32(record.lr).view(np.uint32) == tr[f"iter{t}/lr"].view(np.uint32))
+        loss_vals = [(record.loss, tr[f"iter{t}/loss"])]
+        for p, values in enumerate(record.passes, 1):
+            loss_vals += [(v, tr[f"iter{t}/pass{p}/{k}"]) for k, v in values.items()]
+        loss_vals += [(v, tr[f"iter{t}/mean/{k}"]) for k, v in record.mean_losses.items()]
+        for ours, ref in loss_vals:
+            ref = float(ref)
+            self.note("loss", abs(ours - ref) / abs(ref) if ref else abs(ours))
+        for e in trainer.net.param_entries():
+            w = e.tensor.detach().numpy()
+            if e.lr_mult == 0:
+                assert np.array_equal(w.view(np.uint32), tr[f"iter{t}/{e.key}"].reshape(w.shape).view(np.uint32)), e.key
+                continue
+            hkey = f"iter{t}/history/{e.key}"
+            if hkey in tr:
+                self.note("history", rel(trainer.optimizer.history(e.tensor)[0].numpy(), tr[hkey]))
+            if f"iter0/{e.key}" in tr:
+                dw = w - self.w0[e.key].numpy()
+                self.note("weights", rel(dw, tr[f"iter{t}/{e.key}"] - tr[f"iter0/{e.key}"]))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_python_api_follows_caffe_every_iteration(name, tmp_path, monkeypatch):
+    d, meta, traj = case(name)
+    monkeypatch.chdir(tmp_path)  # not the case folder: paths resolve relative to the solver / prototxt
+    trainer = trainer_from_solver(d / "solver.prototxt", weights=d / "init.caffemodel")
+    buffers0 = {k: v.clone() for k, v in trainer.net.model.named_buffers()}
+    w0 = {e.key: e.tensor.detach().clone() for e in trainer.net.param_entries()}
+    rec = Recorder(traj, w0)
+    trainer.hooks.append(rec)
+    records = trainer.run(meta["iterations"])
+    tol = tolerances(meta)
+    print(f"\n{name}: worst agreement", {k: f"{v:.2e}" for k, v in rec.worst.items()},
+          "tolerance", {k: f"{v:.2e}" for k, v in tol.items()})
+    assert len(records) == meta["iterations"] == trainer.iteration
+    assert all(rec.lr_bits_equal), rec.lr_bits_equal
+    for k, v in rec.worst.items():
+        assert v <= tol[k], (k, v, tol[k])
+    counts = [[list(c.values()) for c in r.valid_counts] for r in records]
+    assert counts == meta["batches"]["valid_label_counts"]["values"]
+    for k, v in trainer.net.model.named_buffers():  # frozen BatchNorm statistics: bit-identical
+        assert torch.equal(v, buffers0[k]), k
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_update_rule_from_stored_state_is_bit_exact(name):
+    """One optimizer step from the stored w_{t-1}, v_{t-1}, grad_sum_t and lr_t gives iter t bit for bit (FMA
+    emulation); plain float32 arithmetic gives it to float32 rounding."""
+    from segconvert.train.optim import CaffeOptimizer
+
+    _, meta, traj = case(name)
+    s = meta["solver"]
+    owners = [p for p in meta["params"] if "shared_with" not in p and p["lr_mult"] != 0]
+    for arithmetic in ("fma", "float32"):
+        worst_bits, worst_rel, n = 0, 0.0, 0
+        for t in range(2, meta["iterations"] + 1):
+            groups = []
+            for p in owners:
+                if f"iter{t}/grad_sum/{p['key']}" not in traj:
+                    continue
+                w = torch.nn.Parameter(torch.from_numpy(traj[f"iter{t - 1}/{p['key']}"].copy()))
+                w.grad = torch.from_numpy(traj[f"iter{t}/grad_sum/{p['key']}"].copy())
+                groups.append({"params": [w], "name": p["key"], "lr_mult": p["lr_mult"], "decay_mult": p["decay_mult"]})
+            opt = CaffeOptimizer(groups, momentum=float(s["momentum"]), weight_decay=float(s["weight_decay"]),
+                                 iter_size=int(s["iter_size"]), arithmetic=arithmetic)
+            for g in groups:
+                opt.history(g["params"][0])[0].copy_(torch.from_numpy(traj[f"iter{t - 1}/history/{g['name']}"]))
+            opt.step(float(traj[f"iter{t}/lr"]), t - 1)
+            for g in groups:
+                w = g["params"][0].detach().numpy()
+                v = opt.history(g["params"][0])[0].numpy()
+                ref_w, ref_v = traj[f"iter{t}/{g['name']}"], traj[f"iter{t}/history/{g['name']}"]
+                worst_bits += int((w.view(np.uint32) != ref_w.view(np.uint32)).sum())
+                worst_bits += int((v.view(np.uint32) != ref_v.view(np.uint32)).sum())
+                worst_rel = max(worst_rel, rel(v, ref_v))
+                n += 2 * w.size
+        print(f"\n{name} {arithmetic}: {worst_bits} of {n} values differ in bits, max |dv|/max|v| {worst_rel:.2e}")
+        assert n > 0
+        if arithmetic == "fma":
+            assert worst_bits == 0
+        assert worst_rel <= 2.4e-7  # float32 rounding (the README's float64 rule: <= 1.7e-7)
+
+
+def _cli_weights(path):
+    model = load_model(path)
+    return {k: v for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", ["sgd_recipe_small", "sgd_step_policy"])
+def test_cli_on_a_copy_with_snapshots_every_iteration(name, tmp_path, monkeypatch):
+    """``segconvert train --solver`` run inside a copy of the case folder (Caffe's own path rule), with
+    ``snapshot: 1`` added to the copied solver: every iteration's snapshot follows the trajectory."""
+    d, meta, traj = case(name)
+    work = tmp_path / name
+    shutil.copytree(d, work)
+    for f in work.iterdir():
+        f.chmod(0o644)
+    with (work / "solver.prototxt").open("a") as fh:
+        fh.write("snapshot: 1\n")
+    monkeypatch.chdir(work)
+    out = tmp_path / "out"
+    code, stdout, err = run_cli("train", "--solver", "solver.prototxt", "--weights", "init.caffemodel", "-o", out)
+    assert code == 0, err
+    trainer = trainer_from_solver(d / "solver.prototxt", weights=d / "init.caffemodel")  # for the key mapping
+    entries = trainer.net.param_entries()
+    tol = tolerances(meta)
+    worst = 0.0
+    for t in range(1, meta["iterations"] + 1):
+        state = _cli_weights(out / f"iter_{t}.safetensors")
+        for e in entries:
+            w = state[e.state_key].numpy()
+            ref = traj[f"iter{t}/{e.key}"].reshape(w.shape)
+            if e.lr_mult == 0:
+                assert np.array_equal(w.view(np.uint32), ref.view(np.uint32)), (t, e.key)
+            else:
+                worst = max(worst, rel(w - traj[f"iter0/{e.key}"].reshape(w.shape), ref - traj[f"iter0/{e.key}"]))
+    print(f"\n{name} CLI: max |dw|/max|w_t - w_0| = {worst:.2e} (tolerance {tol['weights']:.2e})")
+    assert worst <= tol["weights"]
+    final = _cli_weights(out / "final.safetensors")
+    last = _cli_weights(out / f"iter_{meta['iterations']}.safetensors")
+    assert all(torch.equal(final[k], last[k]) for k in final)
+    info = read_metadata(out / "final.safetensors")
+    assert info["arch"] == "caffe_generic" and info["training"]["iteration"] == meta["iterations"]
+    names = {f["path"] for f in info["source"]["files"]}
+    assert {"solver.prototxt", "train.prototxt", "init.caffemodel", "batches_h5.txt", "batches.h5"} <= names
+    assert f"wrote {out / 'final.safetensors'}" in stdout
+
+
+def test_cli_deeplab_msc_from_another_folder(tmp_path, monkeypatch):
+    """The DeepLab-v2 MSC train net through the CLI on the read-only case folder itself, run from elsewhere (paths
+    resolved relative to the solver and the prototxt): the final weights follow Caffe's iteration 3."""
+    d, meta, traj = case("deeplab_v2_msc_train")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    code, _, err = run_cli("train", "--solver", d / "solver.prototxt", "--weights", d / "init.caffemodel", "-o", out,
+                           "--max-iter", meta["iterations"])
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["final.safetensors", "final.safetensors.json"]
+    state = _cli_weights(out / "final.safetensors")
+    trainer = trainer_from_solver(d / "solver.prototxt", weights=d / "init.caffemodel")
+    t, worst = meta["iterations"], 0.0
+    for e in trainer.net.param_entries():
+        w = state[e.state_key].numpy()
+        ref = traj[f"iter{t}/{e.key}"].reshape(w.shape)
+        if e.lr_mult == 0:
+            assert np.array_equal(w.view(np.uint32), ref.view(np.uint32)), e.key
+        elif f"iter0/{e.key}" in traj:
+            worst = max(worst, rel(w - traj[f"iter0/{e.key}"].reshape(w.shape), ref - traj[f"iter0/{e.key}"]))
+    tol = tolerances(meta)["weights"]
+    print(f"\nDeepLab MSC CLI: max |dw|/max|w_t - w_0| = {worst:.2e} (tolerance {tol:.2e})")
+    assert 0 < worst <= tol
+    shared = [p for p in meta["params"] if "shared_with" in p]
+    assert shared and len(state) == len(trainer.net.model.state_dict())  # one tensor per owner, copies share it
