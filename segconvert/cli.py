@@ -16,7 +16,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "segconvert.commands.inspect_cmd:inspect",
     "caffe2torch": "segconvert.commands.convert_caffe:caffe2torch",
     "slim2torch": "segconvert.commands.convert_tf:slim2torch",
-    "keras2torch": "segconvert.commands.convert_tf:keras2torch",
+    "keras2torch": "segconvert.commands.convert_keras:keras2torch",
     "demo": "segconvert.commands.demo:demo",
     "eval": "segconvert.commands.evaluate:eval_cmd",
     "score": "segconvert.commands.evaluate:score",

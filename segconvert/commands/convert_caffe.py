@@ -33,6 +33,7 @@ def convert_caffe_files(
     class_name: str | None = None,
     keep_on_failure: bool = False,
     input_shapes: Sequence[str] = (),
+    until: str | None = None,
 ) -> dict[str, Any]:
     """The whole caffe2torch job; returns a report dict (also used by ``segconvert demo``).
 
@@ -51,13 +52,18 @@ def convert_caffe_files(
         check_output_path(emit_source)
     t0 = time.perf_counter()
     source_hashes = hash_sources_in_background([prototxt, caffemodel])  # a thread: overlaps reading and imports
-    from segconvert.weights.inputs import parse_input_shape
+    from segconvert.weights.inputs import check_declared, parse_input_shape
 
     given = dict(parse_input_shape(t) for t in input_shapes)  # --input-shape NAME:N,C,H,W: one line if malformed
     net = load_net(prototxt, caffemodel)
     redeclared = {n: v for n, v in given.items() if n in net.inputs and min(v) > 0 and net.inputs[n] != tuple(v)}
     if redeclared:  # shapes of declared inputs: the shape inference runs with them
+        check_declared(net.inputs, redeclared, source=prototxt.name)
         net = load_net(prototxt, caffemodel, input_shapes=redeclared)
+    if until is not None:  # --until LAYER: the net up to that layer, generic path (e.g. SSD's raw heads)
+        from segconvert.converters.caffe_generic import cut_net
+
+        net = cut_net(net, until)
     timings: dict[str, float] = {"read": time.perf_counter() - t0}
     t1 = time.perf_counter()
     from segconvert.converters.caffe_auto import convert_caffe_auto
@@ -68,6 +74,7 @@ def convert_caffe_files(
     timings["import"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     why_generic = "requested" if generic else "--emit-source" if emit_source is not None else None
+    why_generic = why_generic or (f"--until {until}" if until is not None else None)
     if why_generic and arch is not None:
         raise click.UsageError("--arch names a reference model; --generic / --emit-source convert layer by layer")
     conv, path = convert_caffe_auto(net, arch, why_generic)  # every blob used once, every target filled once
@@ -215,6 +222,8 @@ def print_report(report: dict[str, Any], *, temporary: bool = False) -> None:
         click.echo(f"skipped (not part of inference): {skipped}")
     for note in getattr(conv, "notes", []) or []:
         click.echo(f"note: {note}")
+    for note in getattr(report.get("net"), "warnings", []) or []:  # reading notes: NVCaffe FP16, unknown fields
+        click.echo(f"note: {note}")
     pre = meta["preprocessing"]
     if pre is None:
         click.echo("expects: the net's own preprocessing (Caffe files do not record it; the metadata leaves it empty)")
@@ -282,6 +291,12 @@ def _short_config(config: dict[str, Any]) -> str:
 )
 @click.option("--class-name", help="Class name in the --emit-source file (default: the net's name, else Net).")
 @click.option(
+    "--until",
+    metavar="LAYER",
+    help="Convert the net up to and including LAYER only (generic path), e.g. an SSD net's raw heads "
+    "without its DetectionOutput.",
+)
+@click.option(
     "--input-shape",
     "input_shapes",
     multiple=True,
@@ -300,6 +315,7 @@ def caffe2torch(
     class_name: str | None,
     keep_on_failure: bool,
     input_shapes: tuple[str, ...],
+    until: str | None,
 ) -> None:
     """Convert a Caffe PROTOTXT + CAFFEMODEL to PyTorch weights with provenance metadata.
 
@@ -319,6 +335,7 @@ def caffe2torch(
         class_name=class_name,
         keep_on_failure=keep_on_failure,
         input_shapes=input_shapes,
+        until=until,
     )
     print_report(report)
     if "parity" in report and not report["parity"].ok:

@@ -1,4 +1,4 @@
-"""``segconvert slim2torch`` and ``segconvert keras2torch``: TF-Slim checkpoints / Keras HDF5 to PyTorch."""
+"""``segconvert slim2torch``: TF-Slim checkpoints to PyTorch (``keras2torch`` is in :mod:`.convert_keras`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from segconvert.commands._args import ExistingPath
 from segconvert.errors import ConversionError
 
 # --arch names slim2torch takes: resnet_v1_N = the backbone of that depth (the slim names users know)
-SLIM_ARCH_NAMES = ("auto", "resnet", "resnet_v1_50", "resnet_v1_101", "resnet_v1_152", "pspnet50", "pspnet101")
+SLIM_ARCH_NAMES = (
+    "auto", "resnet", "resnet_v1_50", "resnet_v1_101", "resnet_v1_152", "pspnet50", "pspnet101", "icnet",
+)  # fmt: skip
 
 
 def _finish(
@@ -101,7 +103,17 @@ def convert_slim_files(
     check_weights_output(output, fmt)  # weights + sidecar: one line, exit 2, before the checkpoint is read
     t0 = time.perf_counter()
     with open_checkpoint(checkpoint) as ckpt:
-        if is_caffe_named_checkpoint(ckpt.keys()):  # hellochick/PSPNet-tensorflow: Caffe layer names
+        from segconvert.converters.tf_icnet import convert_icnet_tf, icnet_tf_layout
+
+        if icnet_tf_layout(ckpt.keys()) or arch == "icnet":  # hellochick/ICNet-tensorflow, fast-semantic-seg.
+            if arch not in ("auto", "icnet") or stride_in or output_stride not in (None, 8) or scope or input_size:
+                raise ConversionError(
+                    "a TF ICNet checkpoint converts as icnet only; --arch, --stride-in, --output-stride, --scope "
+                    "and --input-size do not apply",
+                    file=ckpt.files[0],
+                )
+            conv = convert_icnet_tf(ckpt, file=ckpt.files[0], bn_eps=bn_eps)
+        elif is_caffe_named_checkpoint(ckpt.keys()):  # hellochick/PSPNet-tensorflow: Caffe layer names
             if arch == "resnet" or stride_in or output_stride not in (None, 8) or scope or classifier:
                 raise ConversionError(
                     "a Caffe-named (hellochick PSPNet-tensorflow) checkpoint converts as pspnet50/101 only; "
@@ -133,28 +145,13 @@ def convert_slim_files(
     return report
 
 
-def convert_keras_files(
-    h5: Path,
-    output: Path,
-    *,
-    arch: str = "auto",
-    fmt: str | None = None,
-    input_size: int = 473,
-    bn_eps: float | None = None,
-    parity_case: Path | None = None,
-) -> dict[str, Any]:
-    """The whole keras2torch job; returns a report dict."""
-    from segconvert.converters.keras import convert_keras_pspnet
-    from segconvert.formats.keras_h5 import open_keras_weights
+def __getattr__(name: str) -> Any:
+    """``convert_keras_files`` moved to :mod:`segconvert.commands.convert_keras` (kept importable from here)."""
+    if name == "convert_keras_files":
+        from segconvert.commands.convert_keras import convert_keras_files
 
-    t0 = time.perf_counter()
-    kw = open_keras_weights(h5)
-    conv = convert_keras_pspnet(kw, arch=arch, input_size=input_size, bn_eps=bn_eps)
-    t1 = time.perf_counter()
-    source = {"format": kw.format, "keras_version": kw.keras_version}
-    report = _finish(conv, output, fmt, [h5], parity_case, source)
-    report["timings"].update(read_and_map=t1 - t0, total=time.perf_counter() - t0)
-    return report
+        return convert_keras_files
+    raise AttributeError(name)
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -256,34 +253,6 @@ def slim2torch(
         input_size=input_size,
         parity_case=parity_case,
         keep_on_failure=keep_on_failure,
-    )
-    print_report(report)
-    if "parity" in report and not report["parity"].ok:
-        raise click.exceptions.Exit(1)
-
-
-@click.command()
-@click.argument("h5", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@_OUTPUT
-@click.option("--arch", type=click.Choice(["auto", "pspnet50", "pspnet101"]), default="auto", show_default=True)
-@_FORMAT
-@click.option(
-    "--input-size", type=int, default=473, show_default=True, help="Crop the PPM kernels are made for (473 / 713)."
-)
-@click.option("--bn-eps", type=float, help="BatchNorm epsilon (default: the model config's, else 1e-5).")
-@_PARITY
-def keras2torch(
-    h5: Path,
-    output: Path,
-    arch: str,
-    fmt: str | None,
-    input_size: int,
-    bn_eps: float | None,
-    parity_case: Path | None,
-) -> None:
-    """Convert PSPNet-Keras weights (Keras 2 .h5, full-model .h5 or Keras 3 .weights.h5) to PyTorch weights."""
-    report = convert_keras_files(
-        h5, output, arch=arch, fmt=fmt, input_size=input_size, bn_eps=bn_eps, parity_case=parity_case
     )
     print_report(report)
     if "parity" in report and not report["parity"].ok:

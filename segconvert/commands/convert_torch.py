@@ -14,11 +14,10 @@ def convert_torch_files(
 ) -> dict[str, Any]:
     """The whole torch2torch job (output path checked first, atomic write); returns a report dict."""
     from segconvert.converters.torch_ports import convert_torch_checkpoint, load_torch_checkpoint
-    from segconvert.fileio import check_output_path
     from segconvert.weights.provenance import source_entry
-    from segconvert.weights.store import save_converted
+    from segconvert.weights.store import check_weights_output, save_converted
 
-    check_output_path(output)
+    check_weights_output(output, fmt)  # weights + sidecar writable: one line, exit 2, before the checkpoint is read
     t0 = time.perf_counter()
     ckpt = load_torch_checkpoint(checkpoint)
     conv = convert_torch_checkpoint(ckpt, layout=layout)

@@ -24,6 +24,7 @@ def run_train(
     max_iter: int | None = None,
     device: str = "cpu",
     form: str = "caffe",
+    arch: str = "auto",
     hooks: list[Any] | None = None,
 ) -> Any:
     """Check the output folder, build the trainer (all input errors happen here, before anything is written),
@@ -33,7 +34,9 @@ def run_train(
     from segconvert.train.snapshots import SnapshotHook
 
     check_output_path(output, directory=True)
-    trainer = trainer_from_solver(solver, weights=weights, init=init, device=device, max_iter=max_iter, form=form)
+    trainer = trainer_from_solver(
+        solver, weights=weights, init=init, device=device, max_iter=max_iter, form=form, arch=arch
+    )
     snapshots = SnapshotHook(output, int(trainer.solver.snapshot))
     trainer.hooks.extend([snapshots, *(hooks or [])])
     output.mkdir(parents=True, exist_ok=True)
@@ -47,7 +50,9 @@ def run_train(
 @click.option("--weights", type=ExistingPath(), help="Initial weights: a Caffe .caffemodel (by layer name).")
 @click.option("--init", type=ExistingPath(), help="Initial weights: a generic conversion (.safetensors) of the net.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
-@click.option("--max-iter", type=click.IntRange(min=0), help="Stop after N iterations (default: the solver's max_iter).")
+@click.option(
+    "--max-iter", type=click.IntRange(min=0), help="Stop after N iterations (default: the solver's max_iter)."
+)
 @click.option("--device", default="cpu", show_default=True, help="torch device.")
 @click.option(
     "--optimizer-form",
@@ -55,6 +60,11 @@ def run_train(
     default="caffe",
     show_default=True,
     help="caffe: v = m*v + lr*g, w -= v (Caffe); pytorch: torch.optim.SGD's buf = m*buf + g, w -= lr*buf.",
+)
+@click.option(
+    "--generic",
+    is_flag=True,
+    help="Train the generic one-module-per-layer net even when the named DeepLab-v2 model fits the prototxt.",
 )
 def train(
     solver: Path,
@@ -64,14 +74,25 @@ def train(
     max_iter: int | None,
     device: str,
     optimizer_form: str,
+    generic: bool,
 ) -> None:
     """Train a Caffe net from its solver.prototxt, step for step as Caffe's solver does."""
     if weights is not None and init is not None:
         raise click.UsageError("give --weights or --init, not both")
     trainer = run_train(
-        solver, output, weights=weights, init=init, max_iter=max_iter, device=device, form=optimizer_form
+        solver,
+        output,
+        weights=weights,
+        init=init,
+        max_iter=max_iter,
+        device=device,
+        form=optimizer_form,
+        arch="generic" if generic else "auto",
     )
+    click.echo(f"model: {trainer.net.arch_path}")
     for path in trainer.snapshots.written:
         click.echo(f"wrote {path}")
-    click.echo(f"trained {trainer.iteration} iterations ({trainer.solver.solver_type}, lr_policy "
-               f"{trainer.solver.lr_policy}, iter_size {trainer.solver.iter_size})")
+    click.echo(
+        f"trained {trainer.iteration} iterations ({trainer.solver.solver_type}, lr_policy "
+        f"{trainer.solver.lr_policy}, iter_size {trainer.solver.iter_size})"
+    )

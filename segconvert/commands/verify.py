@@ -285,7 +285,6 @@ def verify_caffe(
     from segconvert.parity.caffe import depth_tolerance
     from segconvert.parity.opencv_runtime import net_input, opencv_run, opencv_version
     from segconvert.parity.report import ParityReport, compare
-    from segconvert.reference_models import capture_outputs
 
     declared = load_net(prototxt)
     if isinstance(x, dict):  # several inputs: fed by name
@@ -502,8 +501,8 @@ def verify_tf_graph(
 # -------------------------------------------------------------------------------------------- ONNX
 
 
-def verify_onnx(model: Any, onnx_path: Path, x: np.ndarray) -> RuntimeUse:
-    """onnxruntime on the exported file against the converted model (final output)."""
+def verify_onnx(model: Any, onnx_path: Path, x: np.ndarray | Sequence[np.ndarray]) -> RuntimeUse:
+    """onnxruntime on the exported file against the converted model (final output); ``x``: one array per input."""
     from segconvert.parity.report import LayerParity, ParityReport
 
     use = RuntimeUse("onnxruntime")
@@ -512,11 +511,16 @@ def verify_onnx(model: Any, onnx_path: Path, x: np.ndarray) -> RuntimeUse:
     except ImportError:
         use.reason, use.install = "not installed", "'segconvert[export]'"
         return use
-    from segconvert.export.onnx import check_onnx
+    from segconvert.export.onnx import check_onnx, input_mismatch
 
     use.version = onnxruntime.__version__
+    xs = [x] if isinstance(x, np.ndarray) else list(x)
     try:
-        check = check_onnx(onnx_path, model, x, tolerance=ONNX_TOLERANCE)
+        mismatch = input_mismatch(onnx_path, [tuple(v.shape) for v in xs])
+        if mismatch:  # a shape question, not a numeric one: say so instead of comparing
+            use.reason = mismatch
+            return use
+        check = check_onnx(onnx_path, model, xs, tolerance=ONNX_TOLERANCE)
     except SegconvertError as exc:
         use.reason = f"failed: {exc.message}"
         return use
@@ -546,9 +550,10 @@ def verify_conversion(
     input_size: Sequence[int] | None = None,
     seed: int = 0,
     tolerance: float = DEFAULT_TOLERANCE,
+    input_shapes: Sequence[str] = (),
 ) -> VerifyResult:
-    """Run every available runtime; see the module docstring."""
-    from segconvert.parity.inputs import default_input_size, model_input
+    """Run every available runtime; see the module docstring. The check inputs have the net's declared
+    shapes (:mod:`segconvert.weights.inputs`; ``input_shapes``: ``NAME:N,C,H,W`` overrides)."""
     from segconvert.weights.store import load_model
 
     kinds = classify_sources(sources)
@@ -556,13 +561,9 @@ def verify_conversion(
         raise SegconvertError("nothing to verify against: give the source files and/or --onnx FILE")
     model = load_model(weights)
     meta = model.segconvert_meta
-    size = list(input_size) if input_size else default_input_size(meta)
-    x = model_input(meta, image=image, size=size, seed=seed)
-    pre = meta.get("preprocessing") or {}
-    what = f"image {image.name}" if image is not None else f"synthetic image (seed {seed})"
-    desc = f"{what}, {'x'.join(map(str, x.shape))}, " + (
-        f"{pre.get('channel_order')} minus mean {pre.get('mean')}, std {pre.get('std')}" if pre else "raw pixels"
-    )
+    specs, xs = check_inputs(meta, image=image, input_size=input_size, seed=seed, input_shapes=input_shapes)
+    x: Any = xs[0] if len(xs) == 1 else {s.name: v for s, v in zip(specs, xs, strict=True)}
+    desc = _input_desc(specs, xs, image, seed)
     result = VerifyResult(weights, meta["arch"], desc, notes=_hash_notes(meta, sources))
     if "prototxt" in kinds:
         runtimes, unchecked, notes = verify_caffe(
@@ -583,8 +584,58 @@ def verify_conversion(
         )
         result.unchecked.append(("every layer", "no runtime can run a weights-only Keras file"))
     if onnx is not None:
-        result.runtimes.append(verify_onnx(model, onnx, x))
+        result.runtimes.append(verify_onnx(model, onnx, xs))
     return result
+
+
+def check_inputs(
+    meta: dict[str, Any],
+    *,
+    image: Path | None = None,
+    input_size: Sequence[int] | None = None,
+    seed: int = 0,
+    input_shapes: Sequence[str] = (),
+) -> tuple[list[Any], list[np.ndarray]]:
+    """(input specs, one float32 array per input): synthetic inputs of the declared shapes, or ``image`` for a
+    net whose one input is a 1- or 3-channel image (grey for 1 channel), with the recorded preprocessing."""
+    from segconvert.parity.inputs import load_image
+    from segconvert.weights.inputs import (
+        InputShapeError,
+        apply_input_shapes,
+        image_input,
+        input_specs,
+        synthetic_inputs,
+    )
+
+    specs = apply_input_shapes(input_specs(meta), list(input_shapes))
+    size = [int(v) for v in input_size] if input_size else None
+    if image is None:
+        return specs, [t.numpy() for t in synthetic_inputs(specs, size=size, seed=seed)]
+    if len(specs) != 1 or not specs[0].is_image:
+        which = ", ".join(s.describe() for s in specs)
+        raise InputShapeError(
+            f"--image needs a net with one 1- or 3-channel image input; this one takes {which}: "
+            "drop --image (synthetic inputs of these shapes are used)",
+            file=image,
+        )
+    return specs, [image_input(load_image(image), specs[0], size)]
+
+
+def _input_desc(specs: Sequence[Any], xs: Sequence[np.ndarray], image: Path | None, seed: int) -> str:
+    parts = []
+    for spec, x in zip(specs, xs, strict=True):
+        shape = "x".join(map(str, x.shape))
+        if spec.is_image:
+            pre = spec.preprocessing
+            what = f"image {image.name}" if image is not None else f"synthetic image (seed {seed})"
+            how = f"{pre.get('channel_order', 'RGB')} minus mean {pre.get('mean')}" if pre else "raw pixels"
+            how += f", std {pre['std']}" if pre.get("std") else ""
+            parts.append(f"{what}, {shape}, {how}")
+        else:
+            parts.append(f"synthetic tensor (seed {seed}), {shape}")
+        if len(specs) > 1:
+            parts[-1] = f"{spec.name}: {parts[-1]}"
+    return "; ".join(parts)
 
 
 def print_result(result: VerifyResult) -> None:
@@ -613,6 +664,13 @@ def print_result(result: VerifyResult) -> None:
     show_default=True,
     help="Allowed max|d| / max|ref| at the last layer (1e-4 at the first, geometric in between).",
 )
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME:N,C,H,W",
+    help="Shape of one net input (repeatable); default: the shapes recorded at conversion.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def verify(
     weights: Path,
@@ -622,6 +680,7 @@ def verify(
     input_size: tuple[int, int] | None,
     seed: int,
     tolerance: float,
+    input_shapes: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Check converted WEIGHTS against independent runtimes running the SOURCES they came from.
@@ -629,11 +688,23 @@ def verify(
     SOURCES: the Caffe .prototxt and .caffemodel, a TF checkpoint prefix, or a Keras .h5. Exits 1 when a
     compared layer is over tolerance or nothing could be compared.
     """
+    from segconvert.formats.detect import describe_foreign_file
+
+    foreign = describe_foreign_file(weights)
+    if foreign is not None:  # a source model or an export given as WEIGHTS: say what it is
+        raise SegconvertError(f"not a segconvert weights file but {foreign}", file=weights)
     for p in sources:
         if not p.exists() and not p.with_name(p.name + ".index").exists():
             raise SegconvertError("no such file", file=p)
     result = verify_conversion(
-        weights, list(sources), onnx=onnx_file, image=image, input_size=input_size, seed=seed, tolerance=tolerance
+        weights,
+        list(sources),
+        onnx=onnx_file,
+        image=image,
+        input_size=input_size,
+        seed=seed,
+        tolerance=tolerance,
+        input_shapes=input_shapes,
     )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=1, default=float))

@@ -7,6 +7,7 @@ from segconvert.graph import Net
 
 from .caffe_detect import detect_caffe_arch
 from .caffe_generic import convert_caffe_generic
+from .caffe_icnet import convert_caffe_icnet, is_icnet
 from .caffe_names import CaffeConversion, convert_caffe_net
 
 NAMED_PATH = "named architecture (use --generic for one module per Caffe layer)"
@@ -18,12 +19,14 @@ def convert_caffe_auto(
     """Convert ``net`` and say which path was taken and why.
 
     ``generic_reason`` forces the generic path. Otherwise ``arch`` (a reference-model name) forces the named
-    path; without it a detected DeepLab-v2 / PSPNet takes the named path and any other net the generic one.
+    path; without it a detected DeepLab-v2 / PSPNet / ICNet takes the named path and any other net the generic one.
     """
     if generic_reason:
         if arch is not None:
             raise ConversionError("an architecture name and the generic (layer by layer) path exclude each other")
         return convert_caffe_generic(net), f"generic ({generic_reason})"
+    if arch == "icnet" or (arch is None and is_icnet(net)):
+        return convert_caffe_icnet(net), NAMED_PATH
     if arch is not None:
         return convert_caffe_net(net, arch=arch), NAMED_PATH
     try:

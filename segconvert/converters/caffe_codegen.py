@@ -20,7 +20,7 @@ import re
 from typing import Any
 
 from segconvert import __version__
-from segconvert.reference_models import caffe_ops
+from segconvert.reference_models import caffe_ops, caffe_ssd_ops
 from segconvert.reference_models.caffe_generic import caffe_generic_config, layer_ctor, python_name
 
 __all__ = ["emit_source"]
@@ -111,14 +111,19 @@ class FrozenBatchNorm2d(nn.Module):
 
 _TEMPLATES = {"CaffePool2d": _POOL, "Interp": _INTERP, "FrozenBatchNorm2d": _FROZEN_BN}
 _DEPENDS = {"Scale": ("along_axis",), "Bias": ("along_axis",), "BatchNorm": ("along_axis",)}
-_HELPER_ORDER = tuple(dict.fromkeys(("along_axis", "CaffePool2d", "Interp", "FrozenBatchNorm2d", *caffe_ops.__all__)))
+_HELPER_ORDER = tuple(
+    dict.fromkeys(
+        ("along_axis", "CaffePool2d", "Interp", "FrozenBatchNorm2d", *caffe_ops.__all__, *caffe_ssd_ops.__all__)
+    )
+)
 _WRAP_AT = 120  # the generated file is ruff-format clean at line-length 120
 
 
 def _helper_source(name: str) -> str:
     if name in _TEMPLATES:
         return _TEMPLATES[name].strip("\n")
-    return inspect.getsource(getattr(caffe_ops, name)).strip("\n")
+    module = caffe_ops if hasattr(caffe_ops, name) else caffe_ssd_ops
+    return inspect.getsource(getattr(module, name)).strip("\n")
 
 
 def _literal(value: Any) -> str:

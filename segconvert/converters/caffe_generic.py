@@ -16,6 +16,7 @@ as (out, in). The tap map keys every single-top layer by its Caffe name (in-plac
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -34,11 +35,13 @@ from segconvert.reference_models.caffe_generic import (
 )
 from segconvert.reference_models.ops import caffe_batchnorm_stats, psp_bn_to_params
 
+from .caffe_fork_params import FORK_ARITY, FORK_PARAMS, Unsupported
 from .caffe_names import CaffeConversion, Tap, _as_tensor
 
-__all__ = ["convert_caffe_generic", "GENERIC_SKIPPED_TYPES"]
+__all__ = ["convert_caffe_generic", "cut_net", "GENERIC_SKIPPED_TYPES"]
 
 _DATA_TYPES = {"Data", "ImageData", "ImageSegData", "HDF5Data", "MemoryData", "WindowData", "DummyData"}
+_DATA_TYPES |= {"AnnotatedData", "VideoData"}  # SSD fork
 # Layers that are not part of inference: their tops are not computed (data layers give the net's inputs).
 GENERIC_SKIPPED_TYPES = {
     **{t: "data layer (its first top is an input)" for t in _DATA_TYPES},
@@ -49,6 +52,8 @@ GENERIC_SKIPPED_TYPES = {
     "InfogainLoss": "loss",
     "MultinomialLogisticLoss": "loss",
     "ContrastiveLoss": "loss",
+    "MultiBoxLoss": "loss",
+    "DetectionEvaluate": "metric",
     "Accuracy": "metric",
     "SegAccuracy": "metric",
     "Silence": "no-op",
@@ -63,6 +68,7 @@ _ARITY: dict[str, tuple[tuple[int, int | None], tuple[int, int | None]]] = {
     "Scale": ((1, 2), (1, 1)),
     "Bias": ((1, 2), (1, 1)),
     "Slice": ((1, 1), (1, None)),
+    **FORK_ARITY,
 }
 
 
@@ -74,8 +80,7 @@ def _check_arity(layer: Layer) -> None:
             raise _Unsupported(f"{n} {what}s, the generic path supports {want}")
 
 
-class _Unsupported(Exception):
-    """A layer of a supported type whose configuration the generic path cannot express."""
+_Unsupported = Unsupported  # a layer of a supported type whose configuration the generic path cannot express
 
 
 def _f32(x: float) -> float:
@@ -226,6 +231,8 @@ def _power(c: _Converter, layer: Layer, module: str) -> dict[str, Any]:
 
 def _batch_norm(c: _Converter, layer: Layer, module: str) -> dict[str, Any]:
     p = layer.param.batch_norm_param
+    if p.scale_bias:
+        raise _Unsupported("NVCaffe scale_bias (BatchNorm with its own scale and bias blobs) is not supported")
     n = math.prod(c.param_shapes(layer)[0])
     use_global = bool(p.use_global_stats) if p.HasField("use_global_stats") else c.net.phase == "TEST"
     if not use_global:
@@ -387,6 +394,7 @@ _PARAMS = {
     "Softmax": _softmax,
     "LRN": _lrn,
     "ArgMax": _argmax,
+    **FORK_PARAMS,
 }
 # ------------------------------------------------------------------------------------------------ API
 
@@ -428,6 +436,25 @@ def convert_caffe_generic(net: Net, *, require_weights: bool = True) -> CaffeCon
         tap_map=_tap_map(config),
         notes=c.notes,
     )
+
+
+def cut_net(net: Net, until: str) -> Net:
+    """``net`` up to and including layer ``until`` (Caffe's order); the dropped layers are named in its warnings.
+
+    For SSD-style nets: ``cut_net(net, "mbox_priorbox")`` keeps the raw heads (the unread blobs become the outputs)
+    instead of the ``DetectionOutput`` post-processing.
+    """
+    index = next((i for i, layer in enumerate(net.layers) if layer.name == until), None)
+    if index is None:
+        raise ConversionError(f"--until: the net has no layer {until!r}", file=net.prototxt or net.caffemodel)
+    dropped = net.layers[index + 1 :]
+    note = f"cut after layer {until}: dropped {len(dropped)} later layer(s)"
+    if dropped:
+        note += f" ({', '.join(layer.name for layer in dropped[:8])}{', ...' if len(dropped) > 8 else ''})"
+    weighted = [layer.name for layer in dropped if layer.blobs and not layer.shared_from]
+    if weighted:
+        note += f"; their weights are not converted: {', '.join(weighted)}"
+    return dataclasses.replace(net, layers=net.layers[: index + 1], warnings=[*net.warnings, note])
 
 
 def _shape(shape: tuple[int, ...] | None) -> list[int] | None:

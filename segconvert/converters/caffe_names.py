@@ -570,7 +570,7 @@ def check_bottoms_produced(net: Net) -> None:
         missing = [b for b in layer.bottoms if b not in available]
         if missing:
             raise ConversionError(
-                f"layer reads blobs {missing} that nothing produced before it", file=net.prototxt, layer=layer.name
+                f"reads blobs {missing} that nothing produced before it", file=net.prototxt, layer=layer.name
             )
         available.update(layer.tops)
 

@@ -56,6 +56,20 @@ class KerasConversion:
     arch: str = "keras_generic"
     dropped: list[tuple[str, str]] = field(default_factory=list)
 
+    @property
+    def inputs(self) -> list[dict[str, Any]]:
+        """``meta["inputs"]``: name, shape as the module takes it (N first, -1 free), kind, preprocessing."""
+        out = []
+        for spec in self.config["inputs"]:
+            shape = [-1 if d is None else int(d) for d in spec["shape"]]
+            if spec["layout"] == "nc" and len(shape) >= 2:
+                shape = [shape[-1], *shape[:-1]]
+            image = len(shape) == 3 and shape[0 if spec["layout"] == "nc" else -1] in (1, 3)
+            pre = {k: v for k, v in self.preprocessing.items() if v is not None}
+            kind = "image" if image and spec["layout"] == "nc" else "tensor"
+            out.append({"name": spec["name"].split(":")[0], "shape": [-1, *shape], "kind": kind, "preprocessing": pre})
+        return out
+
     def build_model(self, device: str | torch.device = "cpu") -> KerasGenericNet:
         model = KerasGenericNet(**self.config)
         model.load_state_dict(self.state_dict, strict=True)
@@ -156,12 +170,20 @@ def convert_keras_file(kf: KerasFile, *, nhwc: bool = False) -> KerasConversion:
     if unused:
         raise ConversionError(f"weights of {len(unused)} layer(s) not used by the model: {unused[:8]}", file=file)
     outputs = [{"name": t, "layout": boundary} for t in graph.outputs]
-    config = keras_generic_config(inputs, steps, outputs, graph.name, kf.keras_version)
+    aliases = {}
+    for path, outs in graph.nested.items():
+        for j, t in enumerate(outs):
+            layer, call, index = t.rsplit(":", 2)
+            if call == "0" and layer in graph.layers:
+                aliases[path + (f"/{j}" if j else "")] = layer + (f"/{index}" if index != "0" else "")
+    config = keras_generic_config(inputs, steps, outputs, graph.name, kf.keras_version, aliases)
     taps = _tap_keys(config)
     with torch.device("meta"):
         want = {k: tuple(v.shape) for k, v in KerasGenericNet(**config).state_dict().items()}
     missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
-    bad_shape = [f"{k} {list(state[k].shape)} vs {list(s)}" for k, s in want.items() if k in state and state[k].shape != s]
+    bad_shape = [
+        f"{k} {list(state[k].shape)} vs {list(s)}" for k, s in want.items() if k in state and state[k].shape != s
+    ]
     if missing or extra or bad_shape:
         raise ConversionError(f"converted tensors do not fit: missing {missing[:5]}, unexpected {extra[:5]}, "
                               f"shapes {bad_shape[:3]}", file=file)  # fmt: skip

@@ -50,6 +50,11 @@ _ACTS = {"relu": ("nn.ReLU", []), "relu6": ("nn.ReLU6", []), "sigmoid": ("nn.Sig
 _ARG_ACTS = (*_ACTS, "hard_sigmoid", "softmax", "log_softmax")
 
 
+def _f32(v: Any) -> float:
+    """A float32 config value as the shortest decimal of that float32 (0.1, not 0.10000000149011612)."""
+    return float(str(np.float32(v)))
+
+
 def _pair(v: Any, n: int) -> list[int]:
     if isinstance(v, int | float):
         return [int(v)] * n
@@ -160,7 +165,9 @@ def _conv(c: Ctx) -> LayerSpec:
         cin = weight.shape[1] * groups
     state = {"weight": weight, **({"bias": w["bias"]} if bias else {})}
     args = [cin, cout, k, s]
-    static = pad == "valid" or (pad == "same" and s == [1] * rank and all((kk - 1) * dd % 2 == 0 for kk, dd in zip(k, d)))
+    static = pad == "valid" or (
+        pad == "same" and s == [1] * rank and all((kk - 1) * dd % 2 == 0 for kk, dd in zip(k, d, strict=True))
+    )
     if static:
         p = [0] * rank if pad == "valid" else [(kk - 1) * dd // 2 for kk, dd in zip(k, d, strict=True)]
         spec = LayerSpec(f"nn.Conv{rank}d", args, {"padding": p, "dilation": d, "groups": groups, "bias": bias})
@@ -212,7 +219,11 @@ def _dense(c: Ctx) -> LayerSpec:
     lay, rank = c.layouts[0], c.ranks[0]
     dim = c.axis(-1, rank, lay)
     args = [w["kernel"].shape[0], w["kernel"].shape[1]]
-    spec = LayerSpec("nn.Linear", args, {"bias": bias}) if dim == rank - 1 else LayerSpec("Dense", args, {"bias": bias, "dim": dim})
+    spec = (
+        LayerSpec("nn.Linear", args, {"bias": bias})
+        if dim == rank - 1
+        else LayerSpec("Dense", args, {"bias": bias, "dim": dim})
+    )
     spec.state = {"weight": w["kernel"].T, **({"bias": w["bias"]} if bias else {})}
     return c.activation(spec, lay)
 
@@ -246,7 +257,10 @@ def _layernorm(c: Ctx) -> LayerSpec:
         raise Unsupported("neither center nor scale (shape unknown)")
     spec = LayerSpec("LayerNorm", [shape, [a % rank for a in axes]], {"eps": float(cfg.get("epsilon", 1e-3))})
     spec.layouts, spec.out_layout = ["keras"], "keras"
-    spec.state = {"weight": w.get("gamma", np.ones(shape, np.float32)), "bias": w.get("beta", np.zeros(shape, np.float32))}
+    spec.state = {
+        "weight": w.get("gamma", np.ones(shape, np.float32)),
+        "bias": w.get("beta", np.zeros(shape, np.float32)),
+    }
     return spec
 
 
@@ -263,17 +277,17 @@ def _activation_layer(c: Ctx) -> LayerSpec:
             raise Unsupported(f"axis {axis}")
         return LayerSpec("nn.Softmax", [c.axis(axis, c.ranks[0], c.layouts[0])])
     if cls == "ReLU":
-        mx, slope, thr = cfg.get("max_value"), float(cfg.get("negative_slope") or 0), float(cfg.get("threshold") or 0)
+        mx, slope, thr = cfg.get("max_value"), _f32(cfg.get("negative_slope") or 0), _f32(cfg.get("threshold") or 0)
         if mx is None and slope == 0 and thr == 0:
             return LayerSpec("nn.ReLU")
         if mx is not None and float(mx) == 6 and slope == 0 and thr == 0:
             return LayerSpec("nn.ReLU6")
-        return LayerSpec("KerasReLU", [], {"max_value": None if mx is None else float(mx), "negative_slope": slope,
+        return LayerSpec("KerasReLU", [], {"max_value": None if mx is None else _f32(mx), "negative_slope": slope,
                                              "threshold": thr})  # fmt: skip
     if cls == "LeakyReLU":
-        return LayerSpec("nn.LeakyReLU", [float(cfg.get("alpha", cfg.get("negative_slope", 0.3)))])
+        return LayerSpec("nn.LeakyReLU", [_f32(cfg.get("alpha", cfg.get("negative_slope", 0.3)))])
     if cls == "ELU":
-        return LayerSpec("nn.ELU", [float(cfg.get("alpha", 1.0))])
+        return LayerSpec("nn.ELU", [_f32(cfg.get("alpha", 1.0))])
     if cls == "PReLU":
         a = c.take(["alpha"])["alpha"]
         lay = c.layouts[0]
@@ -398,7 +412,9 @@ def _segnet(c: Ctx) -> LayerSpec:
     if c.cls == "MaxPoolingWithArgmax2D":
         k = _pair(cfg.get("pool_size", 2), 2)
         s = _pair(cfg.get("strides") or k, 2)
-        spec = LayerSpec("MaxPoolWithArgmax", [k, s], {"padding": str(cfg.get("padding", "same")).lower()}, ["nc"], "nc")
+        spec = LayerSpec(
+            "MaxPoolWithArgmax", [k, s], {"padding": str(cfg.get("padding", "same")).lower()}, ["nc"], "nc"
+        )
         spec.out_ranks = [4, 4]
         return spec
     return LayerSpec("MaxUnpool", [_pair(cfg.get("size", 2), 2)], {}, ["nc", "nc"], "nc")
@@ -441,6 +457,4 @@ def translate(c: Ctx) -> LayerSpec:
     spec = fn(c)
     if spec.out_ranks is None:
         spec.out_ranks = [c.ranks[0]]
-    if c.cls == "Reshape" and -1 in spec.args[0]:
-        pass
     return spec

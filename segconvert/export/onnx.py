@@ -66,6 +66,7 @@ __all__ = [
     "OnnxCheck",
     "export_onnx",
     "check_onnx",
+    "input_mismatch",
     "pool_plan",
     "DEFAULT_OPSET",
     "MIN_OPSET",
@@ -725,6 +726,32 @@ def _check(source: Any, model: nn.Module, inputs: Sequence[Any], tolerance: floa
         return check
     finally:
         model.train(was_training)
+
+
+def input_mismatch(path: str | os.PathLike[str], shapes: Sequence[Sequence[int]]) -> str | None:
+    """Why inputs of ``shapes`` do not fit the ONNX file's declared inputs (count, rank, static sizes), or None."""
+    onnx, _ = _require_onnx()
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:
+        raise ExportError(f"not a readable ONNX file: {type(exc).__name__}: {_short(exc)}", file=path) from None
+    inits = {t.name for t in graph.initializer}
+    declared = [
+        (i.name, [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim])
+        for i in graph.input
+        if i.name not in inits
+    ]
+    fmt = ", ".join(f"{n} {'x'.join('?' if d is None else str(d) for d in dims)}" for n, dims in declared)
+    given = ", ".join("x".join(map(str, s)) for s in shapes)
+    if len(declared) != len(shapes):
+        return f"the ONNX graph takes {len(declared)} input(s) ({fmt}), the check has {len(shapes)} ({given})"
+    for (_, dims), shape in zip(declared, shapes, strict=True):
+        if len(dims) != len(shape) or any(d is not None and d != s for d, s in zip(dims, shape, strict=True)):
+            return (
+                f"the ONNX graph takes {fmt}, the check input is {given}: give that input size "
+                "(--input-size / --input-shape) or re-export with --dynamic"
+            )
+    return None
 
 
 def _float64_forward(model: nn.Module, xs: Sequence[Tensor]) -> list[np.ndarray]:

@@ -65,6 +65,7 @@ class KerasGraph:
     outputs: list[str]
     layers: dict[str, KerasLayer] = field(default_factory=dict)
     keras_version: str | None = None
+    nested: dict[str, list[str]] = field(default_factory=dict)  # nested model path -> its first call's outputs
 
 
 class _Bad(ValueError):
@@ -147,6 +148,7 @@ class _Builder:
         self.layers: dict[str, KerasLayer] = {}
         self.alias: dict[str, str] = {}
         self.known: set[str] = set()
+        self.nested: dict[str, list[str]] = {}
 
     def resolve(self, t: str) -> str:
         while t in self.alias:
@@ -226,6 +228,7 @@ class _Builder:
         cls = _class(s)
         if cls in MODEL_CLASSES:
             _, outs = self.model(s, f"{path}/", top or _name(s), ins)
+            self.nested.setdefault(path, outs)
             for j, t in enumerate(outs):  # a nested model's node 0 is its own graph: calls count from 1
                 self.alias[f"{path}:{k + 1}:{j}"] = t
                 self.alias.setdefault(f"{path}:{k}:{j}", t)
@@ -255,7 +258,7 @@ def parse_model_config(config: Any, keras_version: str | None = None) -> KerasGr
     except (_Bad, KeyError, TypeError, AttributeError, IndexError) as exc:
         raise ValueError(str(exc) or type(exc).__name__) from None
     name = cfg.get("name", "") if isinstance(cfg, dict) else ""
-    return KerasGraph(str(name), inputs, b.nodes, outputs, b.layers, keras_version)
+    return KerasGraph(str(name), inputs, b.nodes, outputs, b.layers, keras_version, b.nested)
 
 
 @dataclass
@@ -354,7 +357,9 @@ def open_keras_model(path: str | os.PathLike, config: str | os.PathLike | None =
                 parsed = json.loads(model_config)
                 graph = parse_model_config(parsed, version)
             except ValueError as exc:
-                raise CheckpointError(f"model config does not parse: {exc}", file=config or p, key="model_config")
+                raise CheckpointError(
+                    f"model config does not parse: {exc}", file=config or p, key="model_config"
+                ) from None
             if "model_weights" in f or "layer_names" in f.attrs:
                 g = f["model_weights"] if "model_weights" in f else f
                 if "layer_names" not in g.attrs:

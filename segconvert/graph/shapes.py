@@ -7,6 +7,7 @@ plus the expected parameter-blob shapes (a list of tuples, empty for layers with
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -398,6 +399,96 @@ def _data(layer: Any, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
     return shapes[: len(layer.top)], []
 
 
+# Fork layers (SSD: weiliu89/caffe ssd; farmingyard/ShuffleNet; ChenYingpeng/caffe-yolov3; BVLC master; SENet)
+def _f32(v: float) -> float:
+    return struct.unpack("<f", struct.pack("<f", v))[0]
+
+
+def prior_box_ratios(p: Any) -> list[float]:
+    """The SSD fork's aspect-ratio list: 1, then each ratio once (within 1e-6) and, with flip, its reciprocal."""
+    ratios = [1.0]
+    for ar in (_f32(a) for a in p.aspect_ratio):
+        if all(abs(ar - r) >= 1e-6 for r in ratios):
+            ratios.append(ar)
+            if p.flip:
+                ratios.append(_f32(1.0 / ar))
+    return ratios
+
+
+def prior_box_count(p: Any) -> int:
+    """Priors per feature-map cell of a PriorBoxParameter (the fork's ``num_priors_``)."""
+    if not len(p.min_size) or any(m <= 0 for m in p.min_size):
+        raise ShapeError("PriorBox needs positive min_size values")
+    if len(p.max_size) and len(p.max_size) != len(p.min_size):
+        raise ShapeError("PriorBox needs as many max_size as min_size values")
+    if any(mx <= mn for mn, mx in zip(p.min_size, p.max_size, strict=False)):
+        raise ShapeError("PriorBox max_size must be greater than min_size")
+    if len(p.variance) not in (0, 1, 4):
+        raise ShapeError(f"PriorBox needs 1 or 4 variance values, got {len(p.variance)}")
+    return len(prior_box_ratios(p)) * len(p.min_size) + len(p.max_size)
+
+
+def _prior_box(layer: Any, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
+    _, _, h, w = _nchw(bottoms[0])
+    p = layer.prior_box_param
+    if not (p.HasField("img_h") or p.HasField("img_size")) and len(bottoms) < 2:
+        raise ShapeError("PriorBox needs the image as second bottom, or img_size / img_h + img_w")
+    return [(1, 2, h * w * prior_box_count(p) * 4)], []
+
+
+def _permute(layer: Any, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
+    s = bottoms[0]
+    order = list(layer.permute_param.order)
+    if any(o >= len(s) for o in order) or len(set(order)) != len(order):
+        raise ShapeError(f"Permute order {order} does not fit a {len(s)}-D blob (or repeats an axis)")
+    order += [i for i in range(len(s)) if i not in order]
+    return [tuple(s[o] for o in order)], []
+
+
+def _normalize(layer: Any, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
+    c = bottoms[0][1]
+    return [bottoms[0]], [(1,) if layer.norm_param.channel_shared else (c,)]
+
+
+def _shuffle_channel(layer: Any, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
+    group = layer.shuffle_channel_param.group
+    if group < 1 or bottoms[0][1] % group:
+        raise ShapeError(f"ShuffleChannel: {bottoms[0][1]} channels not divisible by group {group}")
+    return [bottoms[0]], []
+
+
+def upsample_factors(p: Any, h: int, w: int) -> tuple[int, int]:
+    """Integer (h, w) factors of a one-bottom ``Upsample``: scale, scale_h/scale_w or upsample_h/upsample_w."""
+    if p.HasField("upsample_h") or p.HasField("upsample_w"):
+        if p.upsample_h % h or p.upsample_w % w or p.upsample_h < h or p.upsample_w < w:
+            raise ShapeError(f"Upsample to {p.upsample_h}x{p.upsample_w} is not an integer multiple of {h}x{w}")
+        return p.upsample_h // h, p.upsample_w // w
+    if p.HasField("scale_h") or p.HasField("scale_w"):
+        return int(p.scale_h), int(p.scale_w)
+    return (int(p.scale), int(p.scale)) if p.HasField("scale") else (1, 1)  # the YOLOv3 fork's default
+
+
+def _upsample(layer: Any, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
+    n, c, h, w = _nchw(bottoms[0])
+    p = layer.upsample_param
+    if len(bottoms) > 1:  # SegNet max-unpooling: the size of the output
+        if p.HasField("upsample_h"):
+            return [(n, c, p.upsample_h, p.upsample_w)], []
+        sh, sw = (p.scale_h, p.scale_w) if p.HasField("scale_h") else (p.scale or 2, p.scale or 2)
+        return [(n, c, h * sh - int(p.pad_out_h), w * sw - int(p.pad_out_w))], []
+    fh, fw = upsample_factors(p, h, w)
+    if fh < 1 or fw < 1:
+        raise ShapeError("Upsample factors must be >= 1")
+    return [(n, c, h * fh, w * fw)], []
+
+
+def _axpy(layer: Any, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
+    a, x, y = bottoms[0], bottoms[1], bottoms[2]
+    if tuple(x) != tuple(y) or len(a) < 2 or tuple(a[:2]) != tuple(x[:2]) or _count(a[2:]) != 1:
+        raise ShapeError(f"Axpy needs a (N, C, 1, 1), x and y of one shape: {list(a)}, {list(x)}, {list(y)}")
+    return [x], []
+
+
 RULES: dict[str, Rule] = {
     "Convolution": _convolution,
     "Deconvolution": _deconvolution,
@@ -441,10 +532,22 @@ RULES: dict[str, Rule] = {
     "ImageData": _data,
     "Data": _data,
     "MemoryData": _data,
+    "Permute": _permute,
+    "Normalize": _normalize,
+    "PriorBox": _prior_box,
+    "ShuffleChannel": _shuffle_channel,
+    "Upsample": _upsample,
+    "ReLU6": _same,
+    "Clip": _same,
+    "Swish": _same,
+    "Axpy": _axpy,
+    "MultiBoxLoss": _scalar,
+    "DetectionEvaluate": _scalar,
+    # DetectionOutput: the number of detections is data dependent (its top's shape stays unknown)
 }
 
 # Layer types whose blobs are learned parameters (a prototxt layer of these types needs weights).
-WEIGHTED_TYPES = {"Convolution", "Deconvolution", "InnerProduct", "BatchNorm", "BN", "PReLU", "Embed"}
+WEIGHTED_TYPES = {"Convolution", "Deconvolution", "InnerProduct", "BatchNorm", "BN", "PReLU", "Embed", "Normalize"}
 
 
 def needs_weights(layer: Any) -> bool:

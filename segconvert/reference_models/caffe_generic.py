@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from . import caffe_ops
+from . import caffe_ops, caffe_ssd_ops
 from .ops import CaffePool2d, FrozenBatchNorm2d, Interp
 
 __all__ = [
@@ -81,6 +81,35 @@ _CTORS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "Softmax": ("nn.Softmax", (), ("dim",)),
     "LRN": ("nn.LocalResponseNorm", ("size",), ("alpha", "beta", "k")),
     "ArgMax": ("ArgMax", (), ("top_k", "out_max_val", "axis")),
+    # Fork layers (segconvert.reference_models.caffe_ssd_ops names each fork)
+    "Permute": ("Permute", ("order",), ()),
+    "Normalize": ("Normalize", ("num_channels",), ("across_spatial", "channel_shared", "eps")),
+    "PriorBox": (
+        "PriorBox",
+        ("min_sizes",),
+        ("max_sizes", "aspect_ratios", "flip", "clip", "variance", "img_h", "img_w", "step_h", "step_w", "offset"),
+    ),
+    "DetectionOutput": (
+        "DetectionOutput",
+        ("num_classes",),
+        (
+            "share_location",
+            "background_label_id",
+            "nms_threshold",
+            "top_k",
+            "eta",
+            "code_type",
+            "variance_encoded_in_target",
+            "keep_top_k",
+            "confidence_threshold",
+        ),
+    ),
+    "ShuffleChannel": ("ShuffleChannel", ("group",), ()),
+    "Upsample": ("Upsample", ("scale_h", "scale_w"), ()),
+    "ReLU6": ("ReLU6", (), ("negative_slope",)),
+    "Clip": ("Clip", ("min", "max"), ()),
+    "Swish": ("Swish", (), ("beta",)),
+    "Axpy": ("Axpy", (), ()),
 }
 # Layers without a module: Input (its tops are forward's arguments) and Split (its tops alias its bottom).
 _NO_MODULE = ("Input", "Split")
@@ -116,7 +145,7 @@ def build_layer(spec: dict[str, Any]) -> nn.Module:
     if name.startswith("nn."):
         cls = getattr(nn, name[3:])
     else:
-        cls = _LOCAL.get(name) or getattr(caffe_ops, name)
+        cls = _LOCAL.get(name) or getattr(caffe_ops, name, None) or getattr(caffe_ssd_ops, name)
     return cls(*_tuples(args), **{k: _tuples(v) for k, v in kwargs.items()})
 
 

@@ -12,7 +12,8 @@ Built from a JSON-serialisable config (made by :mod:`segconvert.converters.keras
   ``i`` (``null``: as it comes); ``out_layout`` the layout of its outputs (``null``: that of its first input);
   ``activation`` an optional fused Keras activation ``{"name", "dim", "hard_slope"}``. A shared layer's later
   calls repeat its ``module``;
-- ``outputs``: ``[{"name": tensor, "layout": layout returned}]``.
+- ``outputs``: ``[{"name": tensor, "layout": layout returned}]``;
+- ``aliases``: ``{nested model name: layer_outputs key}`` (a nested model's output is its last layer's).
 
 Layouts: a Keras tensor of rank >= 3 is held either as is (``keras``) or with its last axis moved to dim 1
 (``nc``); every image module works channels-first.
@@ -58,11 +59,11 @@ def keras_generic_config(
     outputs: list[dict[str, Any]],
     name: str = "",
     keras_version: str | None = None,
+    aliases: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Check and normalise (JSON round trip) a generic Keras config; ``create_model`` calls this."""
-    config = json.loads(
-        json.dumps({"name": name, "keras_version": keras_version, "inputs": inputs, "steps": steps, "outputs": outputs})
-    )
+    config = {"name": name, "keras_version": keras_version, "inputs": inputs, "steps": steps, "outputs": outputs}
+    config = json.loads(json.dumps({**config, "aliases": aliases or {}}))
     known = {i["name"] for i in config["inputs"]}
     owners: dict[str, str] = {}
     for step in config["steps"]:
@@ -96,9 +97,10 @@ class KerasGenericNet(nn.Module):
         outputs: list[dict[str, Any]],
         name: str = "",
         keras_version: str | None = None,
+        aliases: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
-        self.config = keras_generic_config(inputs, steps, outputs, name, keras_version)
+        self.config = keras_generic_config(inputs, steps, outputs, name, keras_version, aliases)
         self.input_names = [i["name"] for i in self.config["inputs"]]
         self.output_names = [o["name"] for o in self.config["outputs"]]
         reserved = set(dir(nn.Module)) | {"config", "input_names", "output_names", "steps", "layer_outputs"}
@@ -129,7 +131,9 @@ class KerasGenericNet(nn.Module):
             outs = list(out) if isinstance(out, tuple) else [out]
             act = step.get("activation")
             if act:
-                outs = [keras_ops.activation(o, act["name"], act.get("dim", 1), act.get("hard_slope", 0.2)) for o in outs]
+                outs = [
+                    keras_ops.activation(o, act["name"], act.get("dim", 1), act.get("hard_slope", 0.2)) for o in outs
+                ]
             call = calls.get(step["name"], 0)
             calls[step["name"]] = call + 1
             for i, (t, v) in enumerate(zip(step["outputs"], outs, strict=True)):
@@ -153,6 +157,9 @@ class KerasGenericNet(nn.Module):
         """Every layer call's outputs in the Keras layout, keyed ``"<layer>[@call][/output index]"`` (no grad)."""
         record: dict[str, torch.Tensor] = {}
         self._run(inputs, record)
+        for alias, key in self.config["aliases"].items():
+            if key in record:
+                record[alias] = record[key]
         return record
 
     def extra_repr(self) -> str:

@@ -121,7 +121,8 @@ class Conv(nn.Module):
         return conv(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, dilation={self.dilation}, padding={self.padding!r}"
+        k, s, d = self.kernel_size, self.stride, self.dilation
+        return f"kernel_size={k}, stride={s}, dilation={d}, padding={self.padding!r}"
 
 
 class ConvTranspose(nn.Module):

@@ -12,6 +12,8 @@ from torch import nn
 
 from .caffe_generic import CaffeGenericNet, caffe_generic_config
 from .deeplab_v2 import DeepLabV2, deeplabv2_config
+from .icnet import ICNet, icnet_config
+from .keras_generic import KerasGenericNet, keras_generic_config
 from .pspnet import PSPNet, pspnet_config
 from .resnet import ResNet, resnet_config
 
@@ -70,6 +72,23 @@ register_model(
     pspnet_config,
     {"depth": 101, "num_classes": 21, "input_size": [473, 473], "stride_in": "3x3"},
     "PSPNet ResNet-101 (deep stem, dilated, pyramid pooling)",
+)
+
+register_model(
+    "icnet",
+    ICNet,
+    icnet_config,
+    {"num_classes": 19},
+    "ICNet (1, 1/2, 1/4 cascade, PSPNet50-style backbone; hszhao/ICNet Caffe and its TF ports)",
+)
+
+# Generic Keras models (segconvert.converters.keras_generic): the config is the model's layer calls, no defaults.
+register_model(
+    "keras_generic",
+    KerasGenericNet,
+    keras_generic_config,
+    {},
+    "Any Keras model built from supported layers, one submodule per Keras layer (generic conversion)",
 )
 
 # Generic Caffe nets (segconvert.converters.caffe_generic): the config is the net's layer list, no defaults.

@@ -31,9 +31,14 @@ class TrainSetup:
 
 
 def load_train_net(
-    solver: SolverConfig, weights: str | os.PathLike[str] | None = None, init: str | os.PathLike[str] | None = None
+    solver: SolverConfig,
+    weights: str | os.PathLike[str] | None = None,
+    init: str | os.PathLike[str] | None = None,
+    arch: str = "auto",
 ) -> Any:
-    """The solver's train net as a :class:`CaffeTrainNet` with its initial weights."""
+    """The solver's train net with its initial weights: the named DeepLab-v2 model when ``arch="auto"`` and it
+    reproduces the net exactly (:func:`~segconvert.train.named_net.named_deeplab_net`, from a caffemodel), else
+    a :class:`CaffeTrainNet` over the generic module (``arch="generic"`` always). ``.arch_path`` says which."""
     from segconvert.converters.caffe_generic import convert_caffe_generic
     from segconvert.graph import load_net
     from segconvert.reference_models.caffe_generic import CaffeGenericNet
@@ -42,19 +47,32 @@ def load_train_net(
 
     if solver.net_path is None:
         where = "net_param" if "net_param" in solver.set_fields else "train_net_param"
-        raise ConversionError(f"an inline {where} is not supported: put the net in a file and name it with net:",
-                              **solver.where(where))
+        raise ConversionError(
+            f"an inline {where} is not supported: put the net in a file and name it with net:", **solver.where(where)
+        )
     if weights is not None and init is not None:
         raise ConversionError("give initial weights as a caffemodel or as a converted file, not both")
     if weights is None and init is None:
-        raise ConversionError("initial weights are needed (--weights init.caffemodel or --init converted.safetensors)",
-                              file=solver.path)
+        raise ConversionError(
+            "initial weights are needed (--weights init.caffemodel or --init converted.safetensors)", file=solver.path
+        )
+    if arch not in ("auto", "generic"):
+        raise ValueError(f"arch must be 'auto' or 'generic', got {arch!r}")
     if weights is not None:
         net = load_net(solver.net_path, Path(weights), phase="TRAIN")
+        reason = "requested"
+        if arch == "auto":
+            from .named_net import named_deeplab_net
+
+            named, reason = named_deeplab_net(net)
+            if named is not None:
+                return named
         conv = convert_caffe_generic(net)
         model = CaffeGenericNet(**conv.config)
         model.load_state_dict(conv.state_dict)
-        return CaffeTrainNet(net, model)
+        wrapped = CaffeTrainNet(net, model)
+        wrapped.arch_path = f"generic ({reason})"
+        return wrapped
     from segconvert.weights.store import load_model
 
     net = load_net(solver.net_path, phase="TRAIN")
@@ -65,11 +83,24 @@ def load_train_net(
             "(convert with caffe2torch --generic, or give --weights init.caffemodel)",
             file=init,
         )
-    names = {layer.name for layer in net.layers}
-    foreign = [spec["name"] for spec in model.config["layers"] if spec["name"] not in names]
-    if foreign:
-        raise WeightsFileError(f"the converted net has layers the train net lacks: {foreign[:5]}", file=init)
-    return CaffeTrainNet(net, model)
+    from .caffe_net import _DATA_TYPES, LOSS_TYPES, METRIC_TYPES
+
+    converted = {spec["name"]: spec["type"] for spec in model.config["layers"]}
+    side = {*_DATA_TYPES, *LOSS_TYPES, *METRIC_TYPES, "Silence", "Interp", "Split"}
+    missing = [
+        f"{layer.name} ({layer.type})"
+        for layer in net.layers
+        if converted.get(layer.name) != layer.type and layer.type not in side
+    ]
+    if missing:
+        raise WeightsFileError(
+            f"the converted net lacks layers of the train net: {', '.join(missing[:5])} "
+            "(convert the net's deploy prototxt with caffe2torch --generic)",
+            file=init,
+        )
+    wrapped = CaffeTrainNet(net, model)
+    wrapped.arch_path = "generic (--init)"
+    return wrapped
 
 
 def trainer_from_solver(
@@ -83,6 +114,7 @@ def trainer_from_solver(
     hooks: list[Any] | None = None,
     arithmetic: str = "fma",
     form: str = "caffe",
+    arch: str = "auto",
 ) -> Any:
     """A :class:`Trainer` for ``solver`` (a path or a parsed config). ``data``: a data source overriding the net's
     data layer (required for nets fed by ``Input`` layers: any iterable of ``{top: array}`` batches)."""
@@ -91,21 +123,24 @@ def trainer_from_solver(
     from .engine import Trainer
 
     cfg = solver if isinstance(solver, SolverConfig) else read_solver(solver)
-    net = load_train_net(cfg, weights, init)
+    net = load_train_net(cfg, weights, init, arch)
     seed = int(cfg.random_seed) if int(cfg.random_seed) >= 0 else 0
     if data is None:
         data = data_source_for(net.net, seed=seed)
         if data is None:
-            raise ConversionError("the train net has no data layer (Input only): pass its batches as data=",
-                                  file=net.net.prototxt)
+            raise ConversionError(
+                "the train net has no data layer (Input only): pass its batches as data=", file=net.net.prototxt
+            )
     elif not hasattr(data, "next_batch"):
         data = InputSource(data)
     if seed >= 0:
         import torch
 
         torch.manual_seed(seed)
-    trainer = Trainer(net, cfg, data, device=device, hooks=hooks or [], max_iter=max_iter, arithmetic=arithmetic,
-                      form=form)
-    trainer.setup = TrainSetup(cfg, Path(net.net.prototxt), Path(weights) if weights else None,
-                               Path(init) if init else None)
+    trainer = Trainer(
+        net, cfg, data, device=device, hooks=hooks or [], max_iter=max_iter, arithmetic=arithmetic, form=form
+    )
+    trainer.setup = TrainSetup(
+        cfg, Path(net.net.prototxt), Path(weights) if weights else None, Path(init) if init else None
+    )
     return trainer

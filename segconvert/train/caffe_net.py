@@ -106,8 +106,9 @@ class CaffeTrainNet(nn.Module):
             else:
                 raise self._fail(f"{layer.type} layer is not supported in training", layer.name)
         if not any(layer.type in LOSS_TYPES for layer in self.extra):
-            raise self._fail("the train net has no supported loss layer (SoftmaxWithLoss, SigmoidCrossEntropyLoss, "
-                             "EuclideanLoss)")
+            raise self._fail(
+                "the train net has no supported loss layer (SoftmaxWithLoss, SigmoidCrossEntropyLoss, EuclideanLoss)"
+            )
         self._entries = self._param_entries()
         self.bn_blobs: dict[str, list[Tensor]] = {}
         self._bn_setup()
@@ -158,8 +159,9 @@ class CaffeTrainNet(nn.Module):
                 raw = [module.running_mean.clone(), module.running_var.clone(), torch.ones(1)]
             p = layer.param.batch_norm_param
             self.bn_blobs[spec["name"]] = raw
-            module.register_forward_hook(_bn_moving_average(self, spec["name"], float(np.float32(
-                p.moving_average_fraction))))
+            module.register_forward_hook(
+                _bn_moving_average(self, spec["name"], float(np.float32(p.moving_average_fraction)))
+            )
 
     # --------------------------------------------------------------------------------------------- API
     def param_groups(self) -> list[dict[str, Any]]:
@@ -208,8 +210,10 @@ class CaffeTrainNet(nn.Module):
                 blobs[name] = value
             else:
                 metrics.update(self._metric(layer, bottoms))
-        total = sum((w * terms[n] if w != 1 else terms[n] for n, w in weights.items() if w != 0),
-                    torch.zeros((), device=next(iter(terms.values())).device))
+        total = sum(
+            (w * terms[n] if w != 1 else terms[n] for n, w in weights.items() if w != 0),
+            torch.zeros((), device=next(iter(terms.values())).device),
+        )
         return NetOutput(total=total, losses=terms, metrics=metrics, valid_counts=counts)
 
     def _label_inputs(self) -> list[str]:

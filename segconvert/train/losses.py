@@ -88,11 +88,7 @@ def sigmoid_cross_entropy_loss(
 ) -> Tensor:
     """Caffe ``SigmoidCrossEntropyLoss``: ``sum(BCE-with-logits)`` over counted targets / normaliser."""
     target = target.reshape(scores.shape).to(scores.dtype)
-    valid = (
-        target != ignore_label
-        if ignore_label is not None
-        else torch.ones_like(target, dtype=torch.bool)
-    )
+    valid = target != ignore_label if ignore_label is not None else torch.ones_like(target, dtype=torch.bool)
     per = F.binary_cross_entropy_with_logits(scores, torch.where(valid, target, 0), reduction="none")
     total = (per * valid.to(per.dtype)).sum()
     return total / normalizer(normalization, scores.shape[0], scores[0].numel(), int(valid.sum()))

@@ -16,6 +16,9 @@ from segconvert.weights.store import save_converted
 
 __all__ = ["SnapshotHook", "snapshot_meta"]
 
+# what the DeepLab-v2 train nets feed (DataTransformer: BGR, minus this mean), as caffe2torch records it
+_DEEPLAB_PREPROCESSING = {"channel_order": "BGR", "mean": [104.008, 116.669, 122.675], "std": None, "scale": 1.0}
+
 
 def _data_files(data: Any) -> list[Path]:
     files = [getattr(data, "list_path", None), *getattr(data, "files", [])]
@@ -28,21 +31,25 @@ def snapshot_meta(trainer: Any, sources: list[dict[str, Any]], *, final: bool) -
     config = getattr(model, "config", {})
     solver = trainer.solver
     values = {k: v for k, v in solver.to_dict().items() if k != "resolved_net"}
+    arch = getattr(model, "arch_name", type(model).__name__)
     return {
-        "arch": getattr(model, "arch_name", type(model).__name__),
+        "arch": arch,
         "config": config,
         "num_classes": config.get("num_classes"),
         "input_size": config.get("input_size"),
-        "preprocessing": None,
+        "preprocessing": _DEEPLAB_PREPROCESSING if arch.startswith("deeplab") else None,
         "source": {"format": "caffe", "net_name": getattr(trainer.net.net, "name", ""), "files": sources},
         "training": {
             "iteration": int(trainer.iteration),
             "max_iter": int(trainer.max_iter),
             "final": bool(final),
             "solver_file": solver.path.name if solver.path is not None else None,
+            "model_path": getattr(trainer.net, "arch_path", None),
             "solver": values,
-            "optimizer": {"form": trainer.optimizer.defaults["form"], "arithmetic": trainer.optimizer.defaults[
-                "arithmetic"]},
+            "optimizer": {
+                "form": trainer.optimizer.defaults["form"],
+                "arithmetic": trainer.optimizer.defaults["arithmetic"],
+            },
         },
     }
 

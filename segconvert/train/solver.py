@@ -111,9 +111,11 @@ def parse_solver(text: str, path: str | os.PathLike[str] | None = None) -> Solve
     for name, _, label, ftype, _default in SOLVER_FIELDS:
         value = getattr(msg, name)
         if label == "r":
-            value = [text_format.MessageToString(v, as_one_line=True) for v in value] if ftype.startswith(
-                "msg:"
-            ) else list(value)
+            value = (
+                [text_format.MessageToString(v, as_one_line=True) for v in value]
+                if ftype.startswith("msg:")
+                else list(value)
+            )
         elif ftype.startswith("msg:"):
             value = text_format.MessageToString(value, as_one_line=True) if msg.HasField(name) else None
         elif ftype.startswith("enum:"):
@@ -141,9 +143,9 @@ def _check(cfg: SolverConfig, msg: Any) -> None:
         raise fail(what, nets[1] if len(nets) > 1 else "")
     if not has("base_lr"):
         raise fail("base_lr is required", "")
-    policy = f["lr_policy"] or "fixed" if has("lr_policy") else None
-    if policy is None:
+    if not has("lr_policy"):
         raise fail("lr_policy is required (Caffe has no default)", "")
+    policy = f["lr_policy"]
     if policy not in LR_POLICIES:
         raise fail(f"unknown lr_policy {policy!r} (Caffe's: {', '.join(LR_POLICIES)})", "lr_policy")
     for need in _POLICY_NEEDS[policy]:
@@ -161,8 +163,6 @@ def _check(cfg: SolverConfig, msg: Any) -> None:
         raise fail("max_iter is required", "")
     if f["average_loss"] < 1:
         raise fail("average_loss must be at least 1", "average_loss")
-    if f["type"] == "Adam" and has("momentum") is False:
-        pass  # Caffe's Adam reads momentum (beta1) with default 0 like every solver; nothing to check
     if len(f["test_iter"]) and not (has("test_net") or has("test_net_param") or has("net") or has("net_param")):
         raise fail("test_iter without a test net", "test_iter")
     base = cfg.path.parent if cfg.path is not None else None

@@ -29,6 +29,7 @@ __all__ = [
     "conversion_inputs",
     "parse_input_shape",
     "apply_input_shapes",
+    "check_declared",
     "input_kind",
     "concrete_shape",
     "synthetic_inputs",
@@ -174,6 +175,14 @@ def apply_input_shapes(
     if unknown:
         raise InputShapeError(f"--input-shape names unknown input(s) {unknown}; {source} has inputs {names}")
     return out
+
+
+def check_declared(
+    declared: Mapping[str, Sequence[int] | None], given: Mapping[str, Sequence[int]], source: str = "the net"
+) -> None:
+    """Refuse ``given`` shapes that contradict the ``declared`` ones (names not declared are not checked here)."""
+    specs = [InputSpec(n, tuple(s or ())) for n, s in declared.items() if n in given]
+    apply_input_shapes(specs, {n: given[n] for n in declared if n in given}, source=source)
 
 
 def concrete_shape(spec: InputSpec, size: Sequence[int] | None = None, batch: int | None = None) -> tuple[int, ...]:

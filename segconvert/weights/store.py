@@ -168,8 +168,9 @@ def _load_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     with path.open("rb") as fh:
         head = fh.read(4)
     try:
-        if head.startswith(b"PK"):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        if head.startswith(b"PK"):  # by content: torch.load(path) reads a .safetensors *name* as safetensors
+            with path.open("rb") as fh:
+                obj = torch.load(fh, map_location="cpu", weights_only=True)
             if not isinstance(obj, dict) or META_KEY not in obj or "state_dict" not in obj:
                 raise WeightsFileError("a .pth without segconvert metadata (not written by segconvert)", file=path)
             return dict(obj["state_dict"]), json.loads(obj[META_KEY])

@@ -1,0 +1,119 @@
+"""Layers of the BVLC-compatible forks: ShuffleChannel, ReLU6, Swish (OpenCV dnn 4.x), Clip, Upsample, Axpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from segconvert.converters.caffe_generic import convert_caffe_generic
+from segconvert.errors import ConversionError
+from segconvert.formats.caffemodel import read_caffemodel
+from segconvert.graph import load_net
+from segconvert.reference_models.caffe_generic import CaffeGenericNet
+from segconvert.reference_models.caffe_ssd_ops import ShuffleChannel
+from tests import caffe_bytes as cb
+from tests.caffe_ssd_cases import conv, layer, net_text, opencv_outputs, write_net
+
+_SHAPE = (1, 3, 6, 8)
+
+
+def _convert(tmp_path, body, shape=_SHAPE, seed=0):
+    proto, model = write_net(tmp_path, net_text("t", shape, body), seed=seed)
+    c = convert_caffe_generic(load_net(proto, model))
+    m = CaffeGenericNet(**c.config)
+    m.load_state_dict(c.state_dict)
+    x = np.random.default_rng(seed + 1).uniform(-8, 8, shape).astype(np.float32)
+    return proto, model, m.eval().layer_outputs(torch.from_numpy(x)), x
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        layer("s", "ShuffleChannel", ["c"], body="  shuffle_channel_param {\n    group: 2\n  }\n"),
+        layer("s", "ShuffleChannel", ["c"], body="  shuffle_channel_param {\n    group: 4\n  }\n"),
+        layer("s", "ReLU6", ["c"]),
+        layer("s", "Swish", ["c"]),
+    ],
+    ids=["shuffle_g2", "shuffle_g4", "relu6", "swish"],
+)
+def test_against_opencv(tmp_path, body):
+    pytest.importorskip("cv2")
+    proto, model, ours, x = _convert(tmp_path, conv("c", "data", 8) + body)
+    (cv,) = opencv_outputs(proto, model, x, ["s"])
+    np.testing.assert_allclose(ours["s/0"].numpy(), cv, rtol=1e-5, atol=1e-5)
+
+
+def test_hand_derived_values(tmp_path):
+    # ShuffleChannel: channels (group, C/group) transposed: 6 channels, 2 groups -> 0 3 1 4 2 5
+    x = torch.arange(6.0).reshape(1, 6, 1, 1)
+    assert ShuffleChannel(2)(x).flatten().tolist() == [0, 3, 1, 4, 2, 5]
+    body = conv("c", "data", 4)
+    body += layer("r6", "ReLU6", ["c"])
+    body += layer("clip", "Clip", ["c"], body="  clip_param {\n    min: -0.5\n    max: 0.7\n  }\n")
+    body += layer("sw", "Swish", ["c"], body="  swish_param {\n    beta: 1.5\n  }\n")
+    body += layer("up", "Upsample", ["c"], body="  upsample_param {\n    scale: 2\n  }\n")
+    body += layer("up_hw", "Upsample", ["c"], body="  upsample_param {\n    upsample_h: 18\n    upsample_w: 16\n  }\n")
+    body += layer("gp", "Pooling", ["c"], body="  pooling_param {\n    pool: AVE\n    global_pooling: true\n  }\n")
+    body += conv("c2", "data", 4)
+    body += layer("axpy", "Axpy", ["gp", "c", "c2"])
+    _, _, out, _ = _convert(tmp_path, body)
+    c = out["c/0"].numpy().astype(np.float64)
+    np.testing.assert_array_equal(out["r6/0"].numpy(), np.clip(c, 0, 6).astype(np.float32))
+    np.testing.assert_array_equal(out["clip/0"].numpy(), np.clip(c, -0.5, 0.7).astype(np.float32))
+    np.testing.assert_allclose(out["sw/0"].numpy(), c / (1 + np.exp(-1.5 * c)), rtol=1e-6, atol=1e-6)
+    assert out["up/0"].shape == (1, 4, 12, 16) and out["up_hw/0"].shape == (1, 4, 18, 16)
+    np.testing.assert_array_equal(out["up/0"].numpy()[:, :, 5, 7], c[:, :, 2, 3].astype(np.float32))  # nearest
+    np.testing.assert_array_equal(out["up_hw/0"].numpy()[:, :, 17, 15], c[:, :, 5, 7].astype(np.float32))
+    a = c.mean((2, 3), keepdims=True)
+    want = a * c + out["c2/0"].numpy()
+    np.testing.assert_allclose(out["axpy/0"].numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_fork_configurations_are_named(tmp_path):
+    body = conv("c", "data", 4)
+    body += layer(
+        "pool",
+        "Pooling",
+        ["c"],
+        ["pool", "mask"],
+        "  pooling_param {\n    pool: MAX\n    kernel_size: 2\n    stride: 2\n  }\n",
+    )
+    body += layer("unpool", "Upsample", ["pool", "mask"], body="  upsample_param {\n    scale: 2\n  }\n")
+    proto, model = write_net(tmp_path, net_text("segnet_like", _SHAPE, body))
+    with pytest.raises(ConversionError) as err:
+        convert_caffe_generic(load_net(proto, model))
+    assert "unpool (Upsample: two-bottom Upsample (SegNet max-unpooling" in str(err.value)
+
+
+def test_fork_fields_read_from_binary_at_their_numbers(tmp_path):
+    """A caffemodel written by the forks: SegNet's upsample_param at 137 (BVLC's embed_param number), farmingyard's
+    shuffle_channel_param at 164, BVLC's clip_param at 148 / swish_param at 147, the SSD fields at 202-206."""
+    up = cb.ld(137, cb.vi(1, 2) + cb.vi(6, 12))  # scale 2, upsample_h 12
+    shuffle = cb.ld(164, cb.vi(1, 3))
+    clip = cb.ld(148, cb.tag(1, 5) + np.float32(-1.5).tobytes() + cb.tag(2, 5) + np.float32(2.5).tobytes())
+    swish = cb.ld(147, cb.tag(1, 5) + np.float32(0.75).tobytes())
+    permute = cb.ld(202, cb.ld(1, bytes([0, 2, 3, 1])))
+    norm = cb.ld(206, cb.vi(1, 0) + cb.vi(3, 0))
+    data = b"".join(
+        [
+            cb.layer("up", "Upsample", extra=up),
+            cb.layer("sh", "ShuffleChannel", extra=shuffle),
+            cb.layer("cl", "Clip", extra=clip),
+            cb.layer("sw", "Swish", extra=swish),
+            cb.layer("pm", "Permute", extra=permute),
+            cb.layer("nm", "Normalize", [cb.blob([1.0, 2.0], shape=[2])], extra=norm),
+        ]
+    )
+    f = tmp_path / "forks.caffemodel"
+    f.write_bytes(data)
+    model = read_caffemodel(f)
+    assert not model.warnings
+    p = {layer.name: layer.param for layer in model.layers}
+    assert (p["up"].upsample_param.scale, p["up"].upsample_param.upsample_h) == (2, 12)
+    assert p["sh"].shuffle_channel_param.group == 3
+    assert (p["cl"].clip_param.min, p["cl"].clip_param.max) == (-1.5, 2.5)
+    assert p["sw"].swish_param.beta == 0.75
+    assert list(p["pm"].permute_param.order) == [0, 2, 3, 1]
+    assert not p["nm"].norm_param.across_spatial and not p["nm"].norm_param.channel_shared
+    assert model.layer("nm").blobs[0].tolist() == [1.0, 2.0]
