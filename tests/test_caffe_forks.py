@@ -50,6 +50,7 @@ def test_hand_derived_values(tmp_path):
     assert ShuffleChannel(2)(x).flatten().tolist() == [0, 3, 1, 4, 2, 5]
     body = conv("c", "data", 4)
     body += layer("r6", "ReLU6", ["c"])
+    body += layer("r6s", "ReLU6", ["c"], body="  relu6_param {\n    negative_slope: 0.1\n  }\n")
     body += layer("clip", "Clip", ["c"], body="  clip_param {\n    min: -0.5\n    max: 0.7\n  }\n")
     body += layer("sw", "Swish", ["c"], body="  swish_param {\n    beta: 1.5\n  }\n")
     body += layer("up", "Upsample", ["c"], body="  upsample_param {\n    scale: 2\n  }\n")
@@ -60,6 +61,9 @@ def test_hand_derived_values(tmp_path):
     _, _, out, _ = _convert(tmp_path, body)
     c = out["c/0"].numpy().astype(np.float64)
     np.testing.assert_array_equal(out["r6/0"].numpy(), np.clip(c, 0, 6).astype(np.float32))
+    leaky = np.minimum(np.maximum(c, 0) + np.float32(0.1) * np.minimum(c, 0), 6)  # rog93's ReLU6 with a slope
+    np.testing.assert_allclose(out["r6s/0"].numpy(), leaky, rtol=1e-6, atol=1e-6)
+    assert out["r6s/0"].min() < 0 and out["r6s/0"].max() == 6
     np.testing.assert_array_equal(out["clip/0"].numpy(), np.clip(c, -0.5, 0.7).astype(np.float32))
     np.testing.assert_allclose(out["sw/0"].numpy(), c / (1 + np.exp(-1.5 * c)), rtol=1e-6, atol=1e-6)
     assert out["up/0"].shape == (1, 4, 12, 16) and out["up_hw/0"].shape == (1, 4, 18, 16)

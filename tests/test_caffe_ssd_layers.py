@@ -87,8 +87,8 @@ _PRIORS = {
     "min_max_flip": "min_size: 4.0 max_size: 9.0 aspect_ratio: 2.0 flip: true variance: 0.1 clip: false",
     "two_sizes_clip": "min_size: 3.0 min_size: 5.0 max_size: 6.0 max_size: 8.0 aspect_ratio: 3.0 clip: true "
     "variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2",
-    "step_offset_noflip": "min_size: 5.0 aspect_ratio: 2.0 aspect_ratio: 0.5 flip: false step: 3.0 offset: 0.25 clip: false "
-    "variance: 0.1 variance: 0.2 variance: 0.3 variance: 0.4",
+    "step_offset_noflip": "min_size: 5.0 aspect_ratio: 2.0 aspect_ratio: 0.5 flip: false step: 3.0 offset: 0.25 "
+    "clip: false variance: 0.1 variance: 0.2 variance: 0.3 variance: 0.4",
 }
 
 
@@ -151,7 +151,8 @@ def test_detection_output_hand_derived():
     conf = torch.tensor([[[0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.1, 0.3, 0.6]]]).reshape(1, 9)
     m = DetectionOutput(3, nms_threshold=0.45, code_type="CENTER_SIZE", confidence_threshold=0.2)
     out = m(loc, conf, prior)[0, 0]
-    # class 1: prior 0 (0.8) suppresses prior 1 (IoU 0.2025 / 0.2975 = 0.68 > 0.45), prior 2 (0.3) stays; class 2: prior 2
+    # class 1: prior 0 (0.8) suppresses prior 1 (IoU 0.2025 / 0.2975 = 0.68 > 0.45), prior 2 (0.3) stays;
+    # class 2: prior 2
     np.testing.assert_allclose(out[:, :3].numpy(), [[0, 1, 0.8], [0, 1, 0.3], [0, 2, 0.6]], atol=1e-7)
     np.testing.assert_allclose(out[:, 3:].numpy(), priors[[0, 2, 2]].numpy(), atol=1e-7)
     # keep_top_k keeps the best overall, rows still grouped by label
@@ -165,3 +166,32 @@ def test_detection_output_hand_derived():
     loc = torch.tensor([1.0, 2.0, 3.0, 4.0] + [0.0] * 8).reshape(1, 12)
     row = m(loc, conf, prior)[0, 0, 0]
     assert row[3:].tolist() == pytest.approx([0.1, 0.2, 0.8, 0.9])
+
+
+def test_detection_output_per_class_locations_top_k_and_eta():
+    boxes = torch.tensor([[0.0, 0.0, 0.6, 0.5], [0.2, 0.0, 0.6, 0.5], [0.7, 0.7, 0.9, 0.9]])
+    prior = torch.stack([boxes.reshape(-1), torch.full((12,), 0.5)]).unsqueeze(0)
+    conf = torch.tensor([[0.0, 0.9, 0.1], [0.0, 0.8, 0.2], [0.0, 0.3, 0.7]]).reshape(1, 9)
+    # IoU(prior 0, prior 1) = 0.2 / 0.3 = 0.667: kept under threshold 0.7, suppressed once eta 0.5 lowers it to 0.35
+    m = DetectionOutput(3, nms_threshold=0.7, code_type="CORNER", confidence_threshold=0.05)
+    loc = torch.zeros(1, 12)
+    got = m(loc, conf, prior)[0, 0]
+    assert got[got[:, 1] == 1][:, 2].tolist() == pytest.approx([0.9, 0.8, 0.3])
+    m.eta = 0.5
+    got = m(loc, conf, prior)[0, 0]
+    assert got[got[:, 1] == 1][:, 2].tolist() == pytest.approx([0.9, 0.3])
+    # nms top_k 1: one candidate per class
+    m = DetectionOutput(3, nms_threshold=0.7, top_k=1, code_type="CORNER", confidence_threshold=0.05)
+    got = m(loc, conf, prior)[0, 0]
+    assert got[:, 1].tolist() == [1, 2] and got[:, 2].tolist() == pytest.approx([0.9, 0.7])
+    # share_location false: one box per prior and class, offsets of the class (CORNER: prior + variance * offset)
+    loc = torch.zeros(1, 3, 3, 4)
+    loc[0, 2, 2] = torch.tensor([0.1, 0.2, 0.2, 0.0])  # prior 2, class 2
+    m = DetectionOutput(3, share_location=False, code_type="CORNER", confidence_threshold=0.5)
+    (row,) = m(loc.reshape(1, -1), conf, prior)[0, 0].tolist()[-1:]
+    assert row[:3] == pytest.approx([0, 2, 0.7]) and row[3:] == pytest.approx([0.75, 0.8, 1.0, 0.9])
+    # CORNER_SIZE: offsets scaled by the prior's width / height
+    m = DetectionOutput(3, code_type="CORNER_SIZE", confidence_threshold=0.75, variance_encoded_in_target=True)
+    loc = torch.tensor([0.5, 0.0, 0.0, 1.0] + [0.0] * 8).reshape(1, 12)
+    (row,) = m(loc, conf, prior)[0, 0].tolist()
+    assert row[3:] == pytest.approx([0.3, 0.0, 0.6, 1.0])

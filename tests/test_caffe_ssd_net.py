@@ -101,3 +101,19 @@ def test_cut_net_names_dropped_weighted_layers(ssd_files):
     assert "their weights are not converted: conv2," in net.warnings[-1]
     with pytest.raises(ConversionError):
         cut_net(net, "detection_out")
+
+
+def test_opencv_runtime_twin_rewrites_priorbox(tmp_path):
+    """The parity runtime's OpenCV twin writes PriorBox's clip out and truncates sizes as the fork does."""
+    from segconvert.parity.opencv_runtime import opencv_run
+
+    text = ssd_text().replace("min_size: 6.0", "min_size: 6.7").replace("    clip: false\n", "")
+    proto, model_file = write_net(tmp_path, text)
+    model, _ = _model(load_net(proto, model_file))
+    x = np.random.default_rng(3).uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)
+    result = opencv_run(proto, model_file, x)
+    ours = model.layer_outputs(torch.from_numpy(x))
+    assert dict(result.unchecked)["detection_out"].startswith("OpenCV orders the keep_top_k")
+    for name in ("conv1_norm_mbox_priorbox", "conv2_mbox_priorbox", "mbox_priorbox", "conv1_norm", "mbox_conf_flatten"):
+        np.testing.assert_allclose(ours[f"{name}/0"].numpy(), result.outputs[name], rtol=1e-4, atol=2e-5, err_msg=name)
+    assert ours["conv1_norm_mbox_priorbox/0"].min() < 0  # not clipped: the fork's default

@@ -327,8 +327,8 @@ def test_cli_errors_are_one_line(psp_weights, tmp_path):
 
 
 def test_cli_exit_1_when_over_tolerance(tmp_path, monkeypatch, capsys):
-    """A wrong export (twins disabled: Caffe AVE pooling averaged twice) fails the command's own check, exit 1.
-    The model: the generic conversion of a one-layer Caffe fixture (AVE pooling k3 s2 p1)."""
+    """A wrong export (twins disabled: Caffe AVE pooling averaged twice) fails the command's own check, exit 1,
+    and no .onnx is left on disk. The model: the generic conversion of a one-layer Caffe fixture (AVE k3 s2 p1)."""
     from segconvert.cli import main
     from segconvert.converters.caffe_generic import convert_caffe_generic
     from segconvert.weights.store import save_converted
@@ -343,7 +343,9 @@ def test_cli_exit_1_when_over_tolerance(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["export-onnx", str(weights), "-o", str(tmp_path / "bad.onnx")])
     assert exc.value.code == 1
-    assert "-> FAILED" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "-> FAILED" in out and "not written" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.onnx", "pool.safetensors", "pool.safetensors.json"]
 
 
 def test_mixed_padding_pooling_exports_with_caffe_clip_on_both_axes(tmp_path):

@@ -181,3 +181,19 @@ def test_icnet_training_outputs_and_loss():
     assert torch.allclose(terms["sub4"], 0.16 * ce, rtol=1e-5)
     total.backward()
     assert m.classifier.weight.grad is not None and m.cff24.classifier.weight.grad is not None
+
+
+def test_zoo_icnet_entries_build_with_the_published_sizes():
+    """fast-semantic-segmentation's model zoo lists 26.82M / 6.71M parameters for its ICNet 1.0 / 0.5."""
+    from segconvert.weights import zoo
+
+    counts = {}
+    for e in zoo.entries():
+        if e["arch"] == "icnet":
+            assert not zoo.validate(e)
+            with torch.device("meta"):
+                m = create_model("icnet", **e["config"])
+            counts[e["name"]] = sum(p.numel() for p in m.parameters())
+    assert round(counts["fss_icnet_1.0_1025_resnet_v1"] / 1e6, 2) == 26.82
+    assert round(counts["fss_icnet_0.5_1025_resnet_v1"] / 1e6, 2) == 6.71
+    assert counts["icnet_cityscapes_train_30k"] == counts["icnet_cityscapes_trainval_90k"]

@@ -288,6 +288,7 @@ def test_fast_semantic_segmentation_icnet(tmp_path):
         names = {v.op.name for v in tf.compat.v1.global_variables()}
         assert {"FastPSPModule/Conv/weights", "Conv_3/weights", "CascadeFeatureFusion_1/DilatedConv/weights"} <= names
         theirs = _save(tf, g, taps, x, x_np, tmp_path / "model.ckpt", seed=5)
+    assert (theirs["ppm_conv"] == 6.0).any() and (theirs["sub1"] == 6.0).any()  # the ReLU6 clip is exercised
     out = tmp_path / "fss_icnet.safetensors"
     code, text, err = run_cli("slim2torch", tmp_path / "model.ckpt", "-o", out)
     assert code == 0, err

@@ -37,10 +37,22 @@ CASES = [
     ("conv2dT_valid_k2s3", (5, 6, 3), lambda L, x: L.Conv2DTranspose(4, 2, strides=3)(x)),
     ("conv2dT_outpad", (5, 7, 3), lambda L, x: L.Conv2DTranspose(3, 3, strides=2, padding="same", output_padding=1)(x)),
     ("conv1dT_valid", (9, 3), lambda L, x: L.Conv1DTranspose(2, 3, strides=2)(x)),
-    ("separable_s2_dm2", (10, 12, 3), lambda L, x: L.SeparableConv2D(5, 3, strides=2, depth_multiplier=2, padding="same")(x)),
-    ("separable_dil", (12, 12, 4), lambda L, x: L.SeparableConv2D(3, 3, dilation_rate=2, padding="same", use_bias=False)(x)),
+    (
+        "separable_s2_dm2",
+        (10, 12, 3),
+        lambda L, x: L.SeparableConv2D(5, 3, strides=2, depth_multiplier=2, padding="same")(x),
+    ),
+    (
+        "separable_dil",
+        (12, 12, 4),
+        lambda L, x: L.SeparableConv2D(3, 3, dilation_rate=2, padding="same", use_bias=False)(x),
+    ),
     ("separable1d", (15, 3), lambda L, x: L.SeparableConv1D(4, 3, padding="same")(x)),
-    ("depthwise_dm3_s2", (12, 11, 3), lambda L, x: L.DepthwiseConv2D(3, strides=2, depth_multiplier=3, padding="same")(x)),
+    (
+        "depthwise_dm3_s2",
+        (12, 11, 3),
+        lambda L, x: L.DepthwiseConv2D(3, strides=2, depth_multiplier=3, padding="same")(x),
+    ),
     ("depthwise_valid_dil", (13, 11, 2), lambda L, x: L.DepthwiseConv2D(3, dilation_rate=2)(x)),
     ("dense_nd", (5, 7, 6), lambda L, x: L.Dense(4, activation="softmax")(x)),
     ("dense_flat", (5, 4, 3), lambda L, x: L.Dense(3)(L.Flatten()(x))),
@@ -48,32 +60,92 @@ CASES = [
     ("bn_noscale", (6, 7, 5), lambda L, x: L.BatchNormalization(scale=False, epsilon=0.01)(x)),
     ("bn_axis1_rank3", (4, 9), lambda L, x: L.BatchNormalization(axis=1)(x)),
     ("layernorm", (4, 5, 6), lambda L, x: L.LayerNormalization(axis=[1, 3], epsilon=1e-4)(x)),
-    ("relu_variants", (6, 6, 3), lambda L, x: [L.ReLU(max_value=1.0, negative_slope=0.1, threshold=0.3)(x),
-                                               L.ReLU(6.0)(x), L.ReLU()(x)]),  # fmt: skip
-    ("leaky_elu_prelu", (6, 6, 3), lambda L, x: [L.LeakyReLU(0.25)(x), L.ELU(0.7)(x), L.PReLU(shared_axes=[1])(x),
-                                                 L.PReLU()(x)]),  # fmt: skip
-    ("activations", (5, 4, 3), lambda L, x: [L.Activation(a)(x) for a in ("relu", "sigmoid", "hard_sigmoid", "tanh",
-                                             "softplus", "softsign", "swish", "gelu", "elu", "selu", "linear")]),  # fmt: skip
+    (
+        "relu_variants",
+        (6, 6, 3),
+        lambda L, x: [L.ReLU(max_value=1.0, negative_slope=0.1, threshold=0.3)(x), L.ReLU(6.0)(x), L.ReLU()(x)],
+    ),  # fmt: skip
+    (
+        "leaky_elu_prelu",
+        (6, 6, 3),
+        lambda L, x: [L.LeakyReLU(0.25)(x), L.ELU(0.7)(x), L.PReLU(shared_axes=[1])(x), L.PReLU()(x)],
+    ),  # fmt: skip
+    (
+        "activations",
+        (5, 4, 3),
+        lambda L, x: [
+            L.Activation(a)(x)
+            for a in (
+                "relu",
+                "sigmoid",
+                "hard_sigmoid",
+                "tanh",
+                "softplus",
+                "softsign",
+                "swish",
+                "gelu",
+                "elu",
+                "selu",
+                "linear",
+            )
+        ],
+    ),  # fmt: skip
     ("softmax_axis", (5, 4, 3), lambda L, x: [L.Softmax(axis=1)(x), L.Softmax()(x), L.Activation("softmax")(x)]),
-    ("merges", (5, 6, 3), lambda L, x: [m()([x, L.Conv2D(3, 1)(x)]) for m in (L.Add, L.Subtract, L.Multiply,
-                                        L.Average, L.Maximum, L.Minimum)]),  # fmt: skip
+    (
+        "merges",
+        (5, 6, 3),
+        lambda L, x: [
+            m()([x, L.Conv2D(3, 1)(x)]) for m in (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
+        ],
+    ),  # fmt: skip
     ("concat_axes", (5, 6, 3), lambda L, x: [L.Concatenate(axis=a)([x, L.Conv2D(3, 1)(x)]) for a in (-1, 1, 2)]),
-    ("pools_same_odd", (12, 11, 3), lambda L, x: [L.MaxPooling2D(3, 2, padding="same")(x),
-                                                  L.AveragePooling2D(3, 2, padding="same")(x),
-                                                  L.AveragePooling2D((2, 3), padding="same")(x)]),  # fmt: skip
+    (
+        "pools_same_odd",
+        (12, 11, 3),
+        lambda L, x: [
+            L.MaxPooling2D(3, 2, padding="same")(x),
+            L.AveragePooling2D(3, 2, padding="same")(x),
+            L.AveragePooling2D((2, 3), padding="same")(x),
+        ],
+    ),  # fmt: skip
     ("pools_valid", (13, 11, 3), lambda L, x: [L.MaxPooling2D(2)(x), L.AveragePooling2D(3, 2)(x)]),
     ("pools_1d", (17, 3), lambda L, x: [L.MaxPooling1D(3, 2, padding="same")(x), L.AveragePooling1D(2)(x)]),
-    ("global_pools", (7, 5, 4), lambda L, x: [L.GlobalAveragePooling2D()(x), L.GlobalMaxPooling2D(keepdims=True)(x),
-                                              L.GlobalAveragePooling1D()(L.Reshape((35, 4))(x))]),  # fmt: skip
-    ("upsampling", (5, 7, 3), lambda L, x: [L.UpSampling2D((2, 3))(x), L.UpSampling2D(2, interpolation="bilinear")(x),
-                                            L.UpSampling2D(3, interpolation="bilinear")(x)]),  # fmt: skip
+    (
+        "global_pools",
+        (7, 5, 4),
+        lambda L, x: [
+            L.GlobalAveragePooling2D()(x),
+            L.GlobalMaxPooling2D(keepdims=True)(x),
+            L.GlobalAveragePooling1D()(L.Reshape((35, 4))(x)),
+        ],
+    ),  # fmt: skip
+    (
+        "upsampling",
+        (5, 7, 3),
+        lambda L, x: [
+            L.UpSampling2D((2, 3))(x),
+            L.UpSampling2D(2, interpolation="bilinear")(x),
+            L.UpSampling2D(3, interpolation="bilinear")(x),
+        ],
+    ),  # fmt: skip
     ("resizing", (9, 7, 3), lambda L, x: [L.Resizing(13, 5)(x), L.Resizing(4, 11, interpolation="nearest")(x)]),
-    ("pad_crop", (6, 7, 3), lambda L, x: [L.ZeroPadding2D(((1, 2), (0, 3)))(x), L.ZeroPadding2D(1)(x),
-                                          L.Cropping2D(((1, 0), (2, 1)))(x)]),  # fmt: skip
-    ("reshape_permute", (4, 6, 3), lambda L, x: [L.Permute((3, 1, 2))(x), L.Reshape((-1, 6))(x),
-                                                 L.RepeatVector(3)(L.Flatten()(x))]),  # fmt: skip
-    ("identity_layers", (5, 5, 3), lambda L, x: L.ActivityRegularization(0.1)(L.GaussianDropout(0.2)(
-        L.GaussianNoise(0.3)(L.SpatialDropout2D(0.5)(L.Dropout(0.5)(x)))))),  # fmt: skip
+    (
+        "pad_crop",
+        (6, 7, 3),
+        lambda L, x: [L.ZeroPadding2D(((1, 2), (0, 3)))(x), L.ZeroPadding2D(1)(x), L.Cropping2D(((1, 0), (2, 1)))(x)],
+    ),  # fmt: skip
+    (
+        "reshape_permute",
+        (4, 6, 3),
+        lambda L, x: [L.Permute((3, 1, 2))(x), L.Reshape((-1, 6))(x), L.RepeatVector(3)(L.Flatten()(x))],
+    ),  # fmt: skip
+    (
+        "identity_layers",
+        (5, 5, 3),
+        lambda L, x: L.ActivityRegularization(0.1)(
+            L.GaussianDropout(0.2)(L.GaussianNoise(0.3)(L.SpatialDropout2D(0.5)(L.Dropout(0.5)(x))))
+        ),
+    ),  # fmt: skip
     ("rescaling", (5, 5, 3), lambda L, x: L.Rescaling(1 / 127.5, offset=-1)(x)),
 ]
 

@@ -71,7 +71,9 @@ def test_slim_names_users_know_are_accepted(tmp_path):
 def test_caffe_generic_arch_is_the_generic_path(tmp_path):
     case = fixture_path("caffe", "layers") / "conv_stride2"
     out = tmp_path / "g.safetensors"
-    res = run_cli("caffe2torch", case / "net.prototxt", case / "weights.caffemodel", "-o", out, "--arch", "caffe_generic")
+    res = run_cli(
+        "caffe2torch", case / "net.prototxt", case / "weights.caffemodel", "-o", out, "--arch", "caffe_generic"
+    )
     assert res.returncode == 0, res.stderr
     assert segconvert.load_model(out).segconvert_meta["arch"] == "caffe_generic"
     assert "layers recognised as shared weights" not in res.stdout  # no "0 ... layers recognised" noise
@@ -93,6 +95,9 @@ def test_missing_file_is_the_one_line_rule_not_a_usage_block(tmp_path):
     assert str(tmp_path / "none.caffemodel") in err and "no such file" in err
     assert "no such file" in _one_line(run_cli("inspect", tmp_path / "none.prototxt"))
     assert "no such" in _one_line(run_cli("slim2torch", tmp_path / "none.ckpt", "-o", tmp_path / "o.safetensors"))
+    assert "no such file" in _one_line(run_cli("verify", tmp_path / "none.safetensors"))
+    err = _one_line(run_cli("eval", tmp_path / "none.safetensors", "--dataset", "voc", "--root", tmp_path))
+    assert "no such file" in err
 
 
 def _dangling_bottom(tmp_path: Path) -> Path:
@@ -227,6 +232,7 @@ def test_dir_of_the_package_is_its_public_api():
 def test_inspect_table_fits_the_terminal_width(monkeypatch):
     proto, _ = _caffe()
     monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setattr("segconvert.commands.inspect_cmd._stdout_is_terminal", lambda: True)
     res = run_cli("inspect", proto)
     assert res.returncode == 0, res.stderr
     widths = [len(line) for line in res.stdout.splitlines()]
@@ -246,3 +252,25 @@ def test_verify_without_a_runtime_gives_one_install_line(monkeypatch):
     assert sum("pip install" in line for line in lines) == 1
     assert len(lines) < 8, lines
     assert any("200 layers" in line for line in lines)
+
+
+@pytest.mark.parity
+def test_verify_without_tf_keras_says_what_to_install_instead_of_crashing_mid_graph(tmp_path, monkeypatch):
+    """TF imports tf_keras lazily when slim's batch_norm builds: without it verify must say so, up front."""
+    import sys
+
+    import numpy as np
+
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("tf_slim")
+    from segconvert.commands.convert_tf import convert_slim_files
+    from segconvert.commands.verify import verify_tf_graph
+
+    prefix = fixture_path("tf", "slim_resnet_v1_50_os8") / "model.ckpt"
+    out = tmp_path / "r50.safetensors"
+    convert_slim_files(prefix, out, output_stride=8)
+    model = segconvert.load_model(out)
+    monkeypatch.setitem(sys.modules, "tf_keras", None)  # what an install without tf_keras gives
+    use, unchecked = verify_tf_graph(model, model.segconvert_meta, prefix, np.zeros((1, 3, 33, 33), np.float32))
+    assert not use.used and "tf_keras" in use.reason and use.install == "'segconvert[parity]'"
+    assert len(unchecked) == 1

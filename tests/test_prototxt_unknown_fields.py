@@ -115,3 +115,13 @@ def test_later_syntax_errors_keep_their_line_and_column():
     with pytest.raises(CaffeFormatError) as err:  # unbalanced: protobuf's own message, with its line
         parse_prototxt(_COS_DATA + "layer {\n  name: 'x'\n  unknown_here: 1\n", "y.prototxt")
     assert err.value.line is not None and err.value.file == "y.prototxt"
+
+
+def test_v1_data_layer_fields_are_reported():
+    notes: list[str] = []
+    text = 'layers { name: "d" type: DATA top: "data" data_param { source: "x" batch_size: 1 source_class: "y" } }'
+    parse_prototxt(text, "v1.prototxt", notes)
+    assert notes == [
+        "ignored 1 unknown field(s) of data layers (they do not shape the net): "
+        "v1.prototxt:1 layer 'd' (DATA): data_param.source_class"
+    ]

@@ -403,3 +403,24 @@ def test_library_call_without_cli(ports):
     conv = convert_torch_checkpoint(ckpt)
     assert conv.layout == "kazuto1011" and conv.arch == "deeplabv2_resnet101"
     assert conv.config["num_classes"] == 6 and conv.config["widths"] == [4, 8, 16, 32]
+
+
+def test_legacy_serialization_is_read_with_weights_only(tmp_path, ports):
+    """The 2017 isht7 files predate the zip format: the legacy pickle is read by the same restricted loader."""
+    from segconvert.converters.torch_ports import load_torch_checkpoint
+
+    sd = ports["isht7"].state_dict()
+    src = tmp_path / "MS_DeepLab_resnet_trained_VOC.pth"
+    torch.save(
+        {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")},
+        src,
+        _use_new_zipfile_serialization=False,
+    )
+    assert not src.read_bytes().startswith(b"PK")
+    ckpt = load_torch_checkpoint(src)
+    conv = convert_torch_checkpoint(ckpt)
+    assert conv.layout == "isht7" and not conv.dropped
+    assert torch.equal(conv.state_dict["aspp.convs.3.bias"], sd["Scale.layer5.conv2d_list.3.bias"])
+    (tmp_path / "junk.pth").write_bytes(b"\x80\x02not a pickle")
+    code, _, err = run_cli("torch2torch", tmp_path / "junk.pth", "-o", tmp_path / "junk.safetensors")
+    assert code == 2 and "junk.pth" in err and len(err.strip().splitlines()) == 1

@@ -88,11 +88,16 @@ class Recorder:
                 self.note("weights", rel(dw, tr[f"iter{t}/{e.key}"] - tr[f"iter0/{e.key}"]))
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_python_api_follows_caffe_every_iteration(name, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("name", "arch"), [(c, "auto") for c in CASES] + [("deeplab_v2_msc_train", "generic")]
+)
+def test_python_api_follows_caffe_every_iteration(name, arch, tmp_path, monkeypatch):
+    """DeepLab-v2 trains as the named DeepLabV2 model by default, and as the generic module on request."""
     d, meta, traj = case(name)
     monkeypatch.chdir(tmp_path)  # not the case folder: paths resolve relative to the solver / prototxt
-    trainer = trainer_from_solver(d / "solver.prototxt", weights=d / "init.caffemodel")
+    trainer = trainer_from_solver(d / "solver.prototxt", weights=d / "init.caffemodel", arch=arch)
+    named = name.startswith("deeplab") and arch == "auto"
+    assert trainer.net.arch_path.startswith("named deeplabv2" if named else "generic"), trainer.net.arch_path
     buffers0 = {k: v.clone() for k, v in trainer.net.model.named_buffers()}
     w0 = {e.key: e.tensor.detach().clone() for e in trainer.net.param_entries()}
     rec = Recorder(traj, w0)
@@ -100,7 +105,7 @@ def test_python_api_follows_caffe_every_iteration(name, tmp_path, monkeypatch):
     records = trainer.run(meta["iterations"])
     tol = tolerances(meta)
     print(
-        f"\n{name}: worst agreement",
+        f"\n{name} ({trainer.net.arch_path}): worst agreement",
         {k: f"{v:.2e}" for k, v in rec.worst.items()},
         "tolerance",
         {k: f"{v:.2e}" for k, v in tol.items()},
@@ -238,6 +243,9 @@ def test_cli_deeplab_msc_from_another_folder(tmp_path, monkeypatch):
     assert 0 < worst <= tol
     shared = [p for p in meta["params"] if "shared_with" in p]
     assert shared and len(state) == len(trainer.net.model.state_dict())  # one tensor per owner, copies share it
+    info = read_metadata(out / "final.safetensors")
+    assert info["arch"] == "deeplabv2_resnet101" and info["training"]["model_path"].startswith("named")
+    assert info["preprocessing"]["mean"] == [104.008, 116.669, 122.675]
 
 
 def test_pytorch_form_agrees_only_while_the_rate_is_constant(tmp_path, monkeypatch):
@@ -261,3 +269,41 @@ def test_pytorch_form_agrees_only_while_the_rate_is_constant(tmp_path, monkeypat
     tol = tolerances(meta)["weights"]
     assert max(per_iter[:4]) <= tol
     assert min(per_iter[4:]) > 100 * tol
+
+
+def test_deeplab_init_from_a_named_conversion_equals_the_caffemodel_start(tmp_path):
+    """``--init`` with ``caffe2torch`` output (named DeepLabV2) of the deploy form of the train net gives the very
+    run that ``--weights init.caffemodel`` gives (one iteration, bit for bit)."""
+    from google.protobuf import text_format
+
+    from segconvert.formats.prototxt import read_prototxt
+
+    d, _, _ = case("deeplab_v2_msc_train")
+    net = read_prototxt(d / "train.prototxt")
+    keep = []
+    for layer in net.layer:
+        if layer.type == "HDF5Data":
+            layer.type, layer.ClearField("top"), layer.ClearField("hdf5_data_param"), layer.ClearField("include")
+            layer.top.append("data")
+            layer.input_param.shape.add().dim.extend([1, 3, 321, 321])
+        elif layer.type == "SoftmaxWithLoss" or "label" in layer.bottom:
+            continue
+        keep.append(layer)
+    del net.layer[:]
+    net.layer.extend(keep)
+    for layer in net.layer:
+        if layer.name == "data":
+            layer.type = "Input"
+    deploy = tmp_path / "deploy.prototxt"
+    deploy.write_text(text_format.MessageToString(net))
+    conv = tmp_path / "deeplab.safetensors"
+    code, _, err = run_cli("caffe2torch", deploy, d / "init.caffemodel", "-o", conv)
+    assert code == 0, err
+    runs = {}
+    for how, arg in (("init", ["--init", conv]), ("weights", ["--weights", d / "init.caffemodel"])):
+        out = tmp_path / how
+        code, stdout, err = run_cli("train", "--solver", d / "solver.prototxt", *arg, "-o", out, "--max-iter", 1)
+        assert code == 0 and "model: named deeplabv2_resnet101" in stdout, err
+        runs[how] = load_model(out / "final.safetensors").state_dict()
+    assert runs["init"].keys() == runs["weights"].keys()
+    assert all(torch.equal(runs["init"][k], runs["weights"][k]) for k in runs["init"])

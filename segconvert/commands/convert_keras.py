@@ -155,7 +155,7 @@ def print_generic_report(report: dict[str, Any]) -> None:
     conv, t = report["conversion"], report["timings"]
     cfg = conv.config
     ins = ", ".join(f"{i['name'].split(':')[0]} {i['shape']} ({i['layout']})" for i in cfg["inputs"])
-    click.echo(f"architecture: keras_generic  model {cfg['name']!r}: {len(conv.layers)} layers, inputs {ins}")
+    click.echo(f"architecture: keras_generic  model {cfg['model_name']!r}: {len(conv.layers)} layers, inputs {ins}")
     click.echo(
         f"converted {len(conv.state_dict)} tensors ({sum(v.numel() for v in conv.state_dict.values()):,} values)"
     )

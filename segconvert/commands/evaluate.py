@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from segconvert.commands._args import ExistingPath
+
 DATASET_CHOICE = click.Choice(["voc", "cityscapes", "ade20k"], case_sensitive=False)
 
 
@@ -179,7 +181,7 @@ def _run(model: Any, ds: Any, proto: Any, dev: Any, run: dict[str, Any], preproc
 
 
 @click.command("eval")
-@click.argument("weights", type=click.Path(exists=True, dir_okay=False))
+@click.argument("weights", type=ExistingPath())
 @click.option("--dataset", type=DATASET_CHOICE, required=True, help="Dataset in its released layout.")
 @click.option("--root", type=click.Path(), required=True, help="Dataset root folder.")
 @click.option("--split", default="val", show_default=True)
@@ -368,7 +370,7 @@ def _ours(result: Any, metric: str) -> float | None:
 @click.command("reproduce")
 @click.argument("name")
 @click.option("--root", type=click.Path(), required=True, help="Dataset root folder.")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False), required=True, help="Converted weights.")
+@click.option("--weights", type=ExistingPath(), required=True, help="Converted weights.")
 @click.option("--setting", type=click.Choice(["ss", "ms"]), default="ss", show_default=True)
 @click.option("--split", default="val", show_default=True)
 @click.option("--allow-noncomparable", is_flag=True, help="Run even without a comparable published score.")

@@ -84,15 +84,16 @@ def tensor_rows(path: Path, kind: str) -> dict[str, Any]:
     }
 
 
-def _console() -> Any:
-    """rich's console at the terminal's width (``COLUMNS`` when set); 200 columns into a pipe or a file."""
-    import os
+def _stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
 
+
+def _console() -> Any:
+    """rich's console at the terminal's width (``COLUMNS`` first, as rich reads it); 200 columns into a pipe or a
+    file (a parent process's readline may have exported a COLUMNS that is not this output's)."""
     from rich.console import Console
 
-    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
-        return Console()
-    return Console(width=200)
+    return Console() if _stdout_is_terminal() else Console(width=200)
 
 
 def unproduced_bottoms(net: Any) -> list[tuple[str, str]]:

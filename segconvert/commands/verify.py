@@ -21,6 +21,7 @@ from typing import Any
 import click
 import numpy as np
 
+from segconvert.commands._args import ExistingPath
 from segconvert.errors import SegconvertError
 from segconvert.parity.report import evenly_within
 
@@ -459,6 +460,7 @@ def verify_tf_graph(
         from segconvert.parity.tf_runtime import graph_unsupported, import_slim, run_slim_checkpoint
 
         tf = import_slim()[0]
+        import tf_keras  # noqa: F401  (TF imports it lazily for slim's batch_norm: missing, it fails mid-graph)
     except ImportError as exc:
         use.reason, use.install = f"not installed ({exc.name or 'tensorflow / tf_slim'})", "'segconvert[parity]'"
         return use, [(whole, "TensorFlow / tf_slim is not installed")]
@@ -578,7 +580,14 @@ def verify_conversion(
         use, unchecked = verify_tf_graph(model, meta, kinds["checkpoint"], x, conv=conv, tolerance=tolerance)
         result.runtimes.append(use)
         result.unchecked += unchecked
-    if "keras" in kinds:
+    if "keras" in kinds and meta["arch"] == "keras_generic":  # the graph is in the file: run it in Keras
+        from segconvert.parity.keras_runtime import verify_keras
+
+        use = RuntimeUse(**verify_keras(model, kinds["keras"], list(xs), tolerance=tolerance))
+        result.runtimes.append(use)
+        if not use.used:
+            result.unchecked.append(("every layer", use.reason))
+    elif "keras" in kinds:
         result.runtimes.append(
             RuntimeUse("tensorflow/keras", reason="a Keras weights file has no graph; it needs the model's code to run")
         )
@@ -651,10 +660,10 @@ def print_result(result: VerifyResult) -> None:
 
 
 @click.command()
-@click.argument("weights", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("weights", type=ExistingPath())
 @click.argument("sources", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--onnx", "onnx_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Default: synthetic.")
+@click.option("--onnx", "onnx_file", type=ExistingPath())
+@click.option("--image", type=ExistingPath(), help="Default: synthetic.")
 @click.option("--input-size", nargs=2, type=int, default=None, metavar="H W", help="Default: the model's.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic input image.")
 @click.option(

@@ -197,8 +197,9 @@ def convert_slim(
     requested = arch
     if head == "none" and f"{root}PSPModule/Conv1x1/weights" in names and arch != "resnet":
         raise ConversionError(
-            "a fast-semantic-segmentation ICNet checkpoint (PSPModule/Conv1x1): there is no ICNet reference model; "
-            "arch='resnet' converts its backbone",
+            "an ICNet checkpoint of fast-semantic-segmentation's early layout (PSPModule/Conv1x1) has no mapping "
+            "(its released FastPSPModule / CascadeFeatureFusion ICNet converts onto icnet); arch='resnet' converts "
+            "its backbone",
             file=file,
         )
     if arch == "auto":

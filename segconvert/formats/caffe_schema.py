@@ -15,7 +15,7 @@ Other forks' layers, each at its own fork's number (see the comments at the fiel
 204``, ``norm_param = 206``, ...), BVLC master's late additions (``swish_param = 147``, ``clip_param = 148``),
 farmingyard/ShuffleNet (``shuffle_channel_param = 164``), the YOLOv3 Caffe fork ChenYingpeng/caffe-yolov3
 (``upsample_param = 149``; SegNet, alexgkendall/caffe-segnet, puts the same message at 137, accepted by layer
-type), the MobileNetV2 ReLU6 fork RuiminChen/Caffe-MobileNetV2-ReLU6 (``relu6_param = 100000``) and NVCaffe
+type), the MobileNetV2 ReLU6 fork rog93/Caffe-MobileNetV2-ReLU6 (``relu6_param = 100000``) and NVCaffe
 (NVIDIA/caffe: ``BlobProto.raw_data_type = 10`` / ``raw_data = 12`` and the per-layer precision fields).
 hujie-frank/SENet's ``Axpy`` has no parameter message.
 """
@@ -656,7 +656,7 @@ MESSAGES: dict[str, list[_F]] = {
         f("upsample_h", 6, "o", "uint32"),
         f("upsample_w", 7, "o", "uint32"),
     ],
-    # RuiminChen/Caffe-MobileNetV2-ReLU6
+    # rog93/Caffe-MobileNetV2-ReLU6
     "ReLU6Parameter": [f("negative_slope", 1, "o", "float", default=0.0)],
 }
 
@@ -726,7 +726,7 @@ _LAYER_PARAMS: list[_F] = [
     f("recurrent_param", 146, "o", "RecurrentParameter"),
     f("swish_param", 147, "o", "SwishParameter"),
     f("clip_param", 148, "o", "ClipParameter"),
-    # farmingyard/ShuffleNet; ChenYingpeng/caffe-yolov3 (SegNet: 137); RuiminChen/Caffe-MobileNetV2-ReLU6
+    # farmingyard/ShuffleNet; ChenYingpeng/caffe-yolov3 (SegNet: 137); rog93/Caffe-MobileNetV2-ReLU6
     f("shuffle_channel_param", 164, "o", "ShuffleChannelParameter"),
     f("upsample_param", UPSAMPLE_PARAM, "o", "UpsampleParameter"),
     f("relu6_param", 100000, "o", "ReLU6Parameter"),

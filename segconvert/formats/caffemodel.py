@@ -181,7 +181,10 @@ class _Reader:
 
     def _raw_note(self) -> str:
         kinds = ", ".join(f"{n} {name}" for name, n in sorted(self.raw_counts.items()))
-        what = {"FLOAT16": "FLOAT16 widened to float32 (exact)", "DOUBLE": "DOUBLE kept as float64"}
+        what = {
+            "FLOAT16": "FLOAT16 widened to float32 (exact)",
+            "DOUBLE": "DOUBLE read as float64 (converted weights are float32, as for double_data)",
+        }
         how = "; ".join(what[k] for k in sorted(self.raw_counts) if k in what)
         layers = ", ".join(self.raw_layers[:5]) + (
             f" and {len(self.raw_layers) - 5} more" if len(self.raw_layers) > 5 else ""

@@ -24,6 +24,7 @@ _LOC = re.compile(r"^\s*(\d+):(\d+)\s*:\s*")
 REPORT_ONLY_TYPES = frozenset(
     {"Data", "ImageData", "ImageSegData", "HDF5Data", "MemoryData", "WindowData", "DummyData", "AnnotatedData"}
     | {"VideoData", "CoSData"}
+    | {"DATA", "IMAGE_DATA", "HDF5_DATA", "MEMORY_DATA", "WINDOW_DATA", "DUMMY_DATA"}  # V1 ``layers`` enum names
 )
 
 

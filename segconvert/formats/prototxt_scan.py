@@ -122,8 +122,8 @@ class _Scanner:
                 self.message_list(field.message_type, f"{path}.", layer)
             else:
                 self.skip_value(nxt)
-                if nxt.kind == "string" and name.text in ("name", "type") and name.text not in seen:
-                    seen[name.text] = nxt.text[1:-1]
+                if name.text in ("name", "type") and name.text not in seen and nxt.kind in ("string", "word"):
+                    seen[name.text] = nxt.text[1:-1] if nxt.kind == "string" else nxt.text  # V1: type enum
             tok = self.peek()
             if tok is not None and tok.kind == "punct" and tok.text in ",;":
                 self.i += 1

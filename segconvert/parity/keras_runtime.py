@@ -9,8 +9,8 @@ a nested model are compared through the nested model's output.
 
 from __future__ import annotations
 
-import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,7 @@ def keras_runtime_status(path: Path) -> str | None:
     return None
 
 
-def _is_keras3(path: Path, config: Path | None = None) -> bool:
-    import zipfile
-
+def _is_keras3(path: Path) -> bool:
     return zipfile.is_zipfile(path) or path.name.endswith(".weights.h5") and _h5_is_keras3(path)
 
 
@@ -142,17 +140,29 @@ def keras_parity(
     return rep, refs
 
 
-def verify_keras(model: torch.nn.Module, meta: dict[str, Any], path: Path, *, seed: int = 0, input_size=None) -> Any:
-    """``segconvert verify`` for a Keras source: a RuntimeUse-like dict with the report (or why not run)."""
+def verify_keras(
+    model: torch.nn.Module, path: Path, xs: list[np.ndarray], *, tolerance: float = 1e-4
+) -> dict[str, Any]:
+    """``segconvert verify`` for a Keras source and a ``keras_generic`` conversion: the fields of verify's
+    ``RuntimeUse`` (name, version, used, what, reason, report, install). ``xs`` are the inputs as the converted
+    module takes them; Keras gets them in its own layout."""
+    name = "keras" if _is_keras3(path) else "tf_keras"
     status = keras_runtime_status(path)
     if status:
-        return {"runtime": "keras", "used": False, "reason": status}
-    cfg = (meta.get("source") or {}).get("config_json")
-    km = load_keras(path, cfg)
-    rng = np.random.default_rng(seed)
-    xs = []
-    for spec in model.config["inputs"]:
-        shape = [d if d is not None else (input_size or 64) for d in spec["shape"]]
-        xs.append(rng.uniform(-1, 1, [1, *shape]).astype(np.float32))
-    rep, _ = keras_parity(model, km, xs, tolerance=1e-4, source=f"{type(km).__module__.split('.')[0]} {path.name}")
-    return {"runtime": "keras", "used": True, "report": rep, "config": json.dumps(meta.get("arch"))}
+        return {"name": name, "reason": status, "install": "tensorflow-cpu tf-keras keras"}
+    if not zipfile.is_zipfile(path) and not _has_model_config(path):
+        return {"name": name, "reason": "a weights-only Keras file: Keras needs the architecture JSON to run it"}
+    km = load_keras(path)
+    specs = model.config["inputs"]
+    kx = [np.moveaxis(x, 1, -1) if s["layout"] == "nc" and x.ndim >= 3 else x for x, s in zip(xs, specs, strict=True)]
+    module = type(km).__module__.split(".")[0]
+    version = __import__(module).__version__
+    rep, _ = keras_parity(model, km, kx, tolerance=tolerance, source=f"{module} {version} running {path.name}")
+    return {"name": module, "version": version, "used": True, "what": f"{len(rep.rows)} layers", "report": rep}
+
+
+def _has_model_config(path: Path) -> bool:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return "model_config" in f.attrs

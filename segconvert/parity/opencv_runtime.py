@@ -12,8 +12,13 @@ exact equivalents it computes correctly (measured against real-Caffe outputs in
   pads become ``Slice`` crops before it.
 - ``InnerProduct`` with ``transpose: true`` (ignored by OpenCV): the weights are transposed instead.
 - single-bottom ``Bias`` (no OpenCV layer): ``Scale`` with unit gamma and the bias.
+- SSD ``PriorBox``: ``clip`` written out (OpenCV's default is true, the fork's false) and min/max sizes truncated
+  to integers, as the fork computes them (OpenCV does not truncate). ``img_h``/``img_w`` (ignored by OpenCV) and
+  ``DetectionOutput`` (OpenCV orders the keep_top_k survivors by score, the fork by label) stay unchecked here;
+  ``tests/test_caffe_ssd_*.py`` compare them.
 
-Layers no rewrite fixes (``ArgMax``, two-bottom ``Bias``, types not in :data:`VERIFIED_TYPES`, data/loss layers)
+Layers no rewrite fixes (``ArgMax``, two-bottom ``Bias``, types not in :data:`VERIFIED_TYPES` or
+:data:`FORK_CHECKED_TYPES`, data/loss layers)
 are dropped from the twin and reported unchecked, together with every layer that depends on them.
 Outputs are keyed by Caffe layer name: the layer's first top right after that layer ran (in-place chains
 keep every stage, as in the fixtures' dumps).
@@ -34,6 +39,7 @@ from segconvert.errors import SegconvertError
 
 __all__ = [
     "VERIFIED_TYPES",
+    "FORK_CHECKED_TYPES",
     "net_input",
     "OpenCVResult",
     "opencv_version",
@@ -73,8 +79,21 @@ VERIFIED_TYPES: dict[str, str] = {
     "Split": "implicit (reused blobs)",
     "TanH": "",
 }
+# Fork layers without a real-Caffe fixture: OpenCV's result equals the fork's forward pass as its code reads
+# (segconvert.reference_models.caffe_ssd_ops, tests/test_caffe_ssd_layers.py, tests/test_caffe_forks.py).
+FORK_CHECKED_TYPES: dict[str, str] = {
+    "Normalize": "SSD: across_spatial / per pixel, shared or per-channel scale (not across_spatial + per-channel)",
+    "Permute": "SSD: 4-D orders",
+    "PriorBox": "SSD: rewritten: clip explicit, integer sizes; min/max sizes, ratios, flip, clip, step, offset",
+    "ShuffleChannel": "farmingyard/ShuffleNet: group 2, 4",
+    "ReLU6": "rog93/Caffe-MobileNetV2-ReLU6: negative_slope 0",
+    "Swish": "BVLC: beta 1",
+}
 
-_NO_OPENCV = {"ArgMax": "OpenCV dnn has no ArgMax layer"}
+_NO_OPENCV = {
+    "ArgMax": "OpenCV dnn has no ArgMax layer",
+    "DetectionOutput": "OpenCV orders the keep_top_k detections by score, the SSD fork by label",
+}
 
 
 @dataclass
@@ -102,8 +121,24 @@ def opencv_limitation(layer: Any) -> str | None:
         return "OpenCV dnn has no Bias layer (two-bottom Bias cannot be rewritten)"
     if layer.type == "Pooling" and layer.param.pooling_param.pool == 2:
         return "STOCHASTIC pooling"
-    if layer.type not in VERIFIED_TYPES:
+    fork = _fork_limitation(layer)
+    if fork is not None:
+        return fork
+    if layer.type not in VERIFIED_TYPES and layer.type not in FORK_CHECKED_TYPES:
         return f"OpenCV's {layer.type} is not verified against Caffe"
+    return None
+
+
+def _fork_limitation(layer: Any) -> str | None:
+    p = layer.param
+    if layer.type == "Normalize" and p.norm_param.across_spatial and not p.norm_param.channel_shared:
+        return "OpenCV 4.x rejects across_spatial Normalize with a per-channel scale"
+    if layer.type == "PriorBox" and any(p.prior_box_param.HasField(f) for f in ("img_size", "img_h", "img_w")):
+        return "OpenCV ignores PriorBox img_size / img_h / img_w"
+    if layer.type == "ReLU6" and p.relu6_param.negative_slope != 0:
+        return "OpenCV's ReLU6 has no negative_slope"
+    if layer.type == "Swish" and p.swish_param.beta != 1:
+        return "OpenCV's Swish has no beta"
     return None
 
 
@@ -195,6 +230,14 @@ class _Twin:
             lp.inner_product_param.transpose = False
             self._layer(lp, [np.ascontiguousarray(blobs[0].T), *blobs[1:]])
             self.rewrites.append((layer.name, "InnerProduct transpose: weights transposed"))
+        elif layer.type == "PriorBox":
+            lp = self._copy(layer)
+            pb = lp.prior_box_param
+            pb.clip = bool(pb.clip)  # written out: OpenCV defaults to clipping
+            for field in (pb.min_size, pb.max_size):
+                field[:] = [float(int(v)) for v in field]  # the fork's ``int min_size_``
+            self._layer(lp)
+            self.rewrites.append((layer.name, "PriorBox: clip written out, sizes truncated to integers"))
         elif layer.type == "Bias":
             bp = layer.param.bias_param
             lp = self.LayerParameter(name=layer.name, type="Scale", bottom=layer.bottoms, top=layer.tops)

@@ -5,7 +5,7 @@ SSD fork (weiliu89/caffe, branch ``ssd``): :class:`Permute`, :class:`Normalize`,
 the fork's C++ (float storage, the double intermediates it has), so priors and boxes are bit-exact where the fork's
 arithmetic is. Other public forks: :class:`ShuffleChannel` (farmingyard/ShuffleNet), :class:`Upsample`
 (ChenYingpeng/caffe-yolov3, nearest neighbour by an integer factor), :class:`ReLU6`
-(RuiminChen/Caffe-MobileNetV2-ReLU6), :class:`Clip` and :class:`Swish` (BVLC master), :class:`Axpy`
+(rog93/Caffe-MobileNetV2-ReLU6), :class:`Clip` and :class:`Swish` (BVLC master), :class:`Axpy`
 (hujie-frank/SENet). Like :mod:`.caffe_ops`, each class uses nothing but ``torch``, so
 :mod:`segconvert.converters.caffe_codegen` copies it verbatim into generated files.
 """
@@ -330,15 +330,16 @@ class Upsample(nn.Module):
 
 
 class ReLU6(nn.Module):
-    """RuiminChen/Caffe-MobileNetV2-ReLU6 ``ReLU6``: ``min(max(x, 0), 6) + negative_slope * min(x, 0)``."""
+    """rog93/Caffe-MobileNetV2-ReLU6 ``ReLU6``: ``min(max(x, 0) + negative_slope * min(x, 0), 6)``."""
 
     def __init__(self, negative_slope: float = 0.0) -> None:
         super().__init__()
         self.negative_slope = negative_slope
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.clamp(x, 0.0, 6.0)
-        return y + self.negative_slope * torch.clamp(x, max=0.0) if self.negative_slope else y
+        if not self.negative_slope:
+            return torch.clamp(x, 0.0, 6.0)
+        return torch.clamp(torch.clamp(x, min=0.0) + self.negative_slope * torch.clamp(x, max=0.0), max=6.0)
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}"

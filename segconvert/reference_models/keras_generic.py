@@ -3,7 +3,7 @@
 Built from a JSON-serialisable config (made by :mod:`segconvert.converters.keras_generic`), so
 ``create_model("keras_generic", **model.config)`` and ``segconvert.load_model`` rebuild it:
 
-- ``name``, ``keras_version``: informative;
+- ``model_name``, ``keras_version``: informative;
 - ``inputs``: ``[{"name": tensor, "shape": Keras shape without batch, "layout": "nc" | "keras"}]``: the order of
   ``forward``'s arguments and the layout each is given in (``nc``: channels at dim 1, the default for a
   channels_last model; ``keras``: the Keras layout, ``--nhwc``);
@@ -57,12 +57,12 @@ def keras_generic_config(
     inputs: list[dict[str, Any]],
     steps: list[dict[str, Any]],
     outputs: list[dict[str, Any]],
-    name: str = "",
+    model_name: str = "",
     keras_version: str | None = None,
     aliases: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Check and normalise (JSON round trip) a generic Keras config; ``create_model`` calls this."""
-    config = {"name": name, "keras_version": keras_version, "inputs": inputs, "steps": steps, "outputs": outputs}
+    config = {"model_name": model_name, "keras_version": keras_version, "inputs": inputs, "steps": steps, "outputs": outputs}
     config = json.loads(json.dumps({**config, "aliases": aliases or {}}))
     known = {i["name"] for i in config["inputs"]}
     owners: dict[str, str] = {}
@@ -95,12 +95,12 @@ class KerasGenericNet(nn.Module):
         inputs: list[dict[str, Any]],
         steps: list[dict[str, Any]],
         outputs: list[dict[str, Any]],
-        name: str = "",
+        model_name: str = "",
         keras_version: str | None = None,
         aliases: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
-        self.config = keras_generic_config(inputs, steps, outputs, name, keras_version, aliases)
+        self.config = keras_generic_config(inputs, steps, outputs, model_name, keras_version, aliases)
         self.input_names = [i["name"] for i in self.config["inputs"]]
         self.output_names = [o["name"] for o in self.config["outputs"]]
         reserved = set(dir(nn.Module)) | {"config", "input_names", "output_names", "steps", "layer_outputs"}
@@ -163,4 +163,4 @@ class KerasGenericNet(nn.Module):
         return record
 
     def extra_repr(self) -> str:
-        return f"name={self.config['name']!r}, inputs={self.input_names}, outputs={self.output_names}"
+        return f"model_name={self.config['model_name']!r}, inputs={self.input_names}, outputs={self.output_names}"

@@ -473,7 +473,7 @@ class MaxPoolWithArgmax(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pad, ceil = [0, 0], False
         if self.padding == "same":
-            p = tf_same_pads(list(x.shape[2:]), self.kernel_size, self.stride, [1, 1])
+            p = [int(v) for v in tf_same_pads([int(n) for n in x.shape[2:]], self.kernel_size, self.stride, [1, 1])]
             if not {p[1] - p[0], p[3] - p[2]} <= {0, 1}:
                 raise ValueError(f"SAME pads {p} cannot be expressed with indices")
             pad, ceil = [p[2], p[0]], p[1] > p[0] or p[3] > p[2]

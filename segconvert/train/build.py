@@ -77,6 +77,13 @@ def load_train_net(
 
     net = load_net(solver.net_path, phase="TRAIN")
     model = load_model(Path(init))
+    if str(getattr(model, "arch_name", "")).startswith("deeplabv2") and arch == "auto":
+        from .named_net import named_deeplab_from_model
+
+        named, reason = named_deeplab_from_model(net, model)
+        if named is None:
+            raise WeightsFileError(f"a DeepLab-v2 init does not fit the train net: {reason}", file=init)
+        return named
     if getattr(model, "arch_name", None) != "caffe_generic":
         raise WeightsFileError(
             f"training starts from a generic conversion of the train net; this file holds {model.arch_name!r} "

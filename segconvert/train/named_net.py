@@ -23,7 +23,7 @@ from segconvert.errors import ConversionError
 
 from .caffe_net import ParamEntry
 
-__all__ = ["named_deeplab_net"]
+__all__ = ["named_deeplab_net", "named_deeplab_from_model"]
 
 _MSC_LOSSES = {"loss": "fc_fusion", "loss_res1": "fc1_voc12", "loss_res075": "fc1_voc12_res075_interp",
                "loss_res05": "fc1_voc12_res05"}  # fmt: skip
@@ -100,4 +100,39 @@ def named_deeplab_net(net: Any) -> tuple[Any, str | None]:
     wrapper.param_entries = lambda: list(entries)
     for e in entries:
         e.tensor.requires_grad_(e.lr_mult != 0)
+    return wrapper, None
+
+
+def named_deeplab_from_model(net: Any, model: Any) -> tuple[Any, str | None]:
+    """Wrap an already converted DeepLab-v2 ``model`` (``--init``) for ``net``: multipliers from the prototxt
+    (ASPP: the convolutions with a bias; backbone: the others), checked to be one pair per kind."""
+    from .recipe_net import DeepLabRecipeNet
+
+    reason = _losses_match(net)
+    if reason:
+        return None, reason
+    mults: dict[str, tuple[float, float]] = {}
+    for layer in net.layers:
+        if layer.shared_from or layer.type != "Convolution":
+            continue
+        has_bias = layer.param.convolution_param.bias_term
+        specs = list(layer.param.param) + [None] * 2
+        for i, kind in enumerate(("head_weight", "head_bias") if has_bias else ("backbone",)):
+            spec = specs[i]
+            pair = (float(spec.lr_mult), float(spec.decay_mult)) if spec is not None else (1.0, 1.0)
+            if mults.setdefault(kind, pair) != pair:
+                return None, f"{layer.name}/{i} has lr_mult/decay_mult {pair}, other {kind} blobs {mults[kind]}"
+    mults.setdefault("head_bias", (1.0, 1.0))
+    mults.setdefault("head_weight", (1.0, 1.0))
+    mults.setdefault("backbone", (1.0, 1.0))
+    wrapper = DeepLabRecipeNet(model, mults)
+    wrapper.net = net
+    wrapper.arch_path = f"named {model.arch_name} (--init)"
+    groups = {g["name"]: g for g in wrapper.param_groups()}
+    entries = [
+        ParamEntry(name, p, groups[name]["lr_mult"] if name in groups else 0.0,
+                   groups[name]["decay_mult"] if name in groups else 0.0, name)
+        for name, p in model.named_parameters()
+    ]  # fmt: skip
+    wrapper.param_entries = lambda: list(entries)
     return wrapper, None

@@ -222,9 +222,9 @@ _DEEPLAB_KAZUTO = _entry(
         )
     ],
     notes=[
-        "Not the Caffe release: trained by kazuto1011 in PyTorch, its MSC uses align_corners=False resizes "
-        "that the deeplabv2_resnet101 reference model does not implement, so no segconvert protocol "
-        "reproduces these numbers."
+        "Not the Caffe release: trained by kazuto1011 in PyTorch, its MSC resizes with align_corners=False "
+        "(`torch2torch` keeps them: msc_resize='kazuto', resize='half_pixel'), but no segconvert protocol is "
+        "its evaluation, so these numbers are not reproduced."
     ],
 )
 
@@ -383,6 +383,106 @@ def _slim(depth: int) -> dict[str, Any]:
     )
 
 
+# ------------------------------------------------------------------------------------------------ ICNet
+_ICNET_README = "hszhao/ICNet:README.md"
+_ICNET_TF = "hellochick/ICNet-tensorflow:README.md"
+_FSS_ZOO = "oandrienko/fast-semantic-segmentation:docs/model_zoo.md"
+_ICNET_PROTO = "hszhao/ICNet evaluation/eval_sub.m (no segconvert protocol)"
+_ICNET_WHY = (
+    "the release's own evaluation (bilinear resize to 1025x2049, scores resized back; eval_sub.m) is not a "
+    "segconvert protocol"
+)
+
+
+def _icnet_caffe(name: str, weights: str, md5: str, role: str, scores: list[dict[str, Any]]) -> dict[str, Any]:
+    return _entry(
+        name,
+        source_project="hszhao/ICNet (Caffe)",
+        fmt="caffe",
+        files=[
+            _file(weights, role),
+            _file("evaluation/prototxt/icnet_cityscapes.prototxt", "deploy net (BN merged)"),
+        ],
+        arch="icnet",
+        config={"num_classes": 19, "input_size": [1025, 2049], "batchnorm": False, "input_scale": True},
+        dataset="cityscapes",
+        input_size=[1025, 2049],
+        preprocessing=_CAFFE_PSP_PREP,
+        protocol=None,
+        scores=scores,
+        notes=[
+            "The fixed pyramid-pooling kernels are made for 1025x2049 inputs (the release resizes to it).",
+            f"{_ICNET_README} gives md5 {md5} for {weights} (an md5, not the sha256 segconvert records).",
+        ],
+    )
+
+
+_ICNET_30K = _icnet_caffe(
+    "icnet_cityscapes_train_30k",
+    "icnet_cityscapes_train_30k.caffemodel",
+    "c7038630c4b6c869afaaadd811bdb539",
+    "weights (Cityscapes train, 30k iterations)",
+    [
+        _not_comparable(67.7, _ICNET_WHY, _ICNET_README, protocol=_ICNET_PROTO),
+        _not_comparable(94.5, _ICNET_WHY, _ICNET_README, metric="aAcc", protocol=_ICNET_PROTO),
+        _not_comparable(
+            67.26, "hellochick's TF port of these weights, its own evaluate.py", _ICNET_TF, protocol="hellochick"
+        ),
+        _not_comparable(
+            67.31, "hellochick's TF port of the bnnomerge weights (train_30k_bn)", _ICNET_TF, protocol="hellochick"
+        ),
+    ],
+)
+_ICNET_90K = _icnet_caffe(
+    "icnet_cityscapes_trainval_90k",
+    "icnet_cityscapes_trainval_90k.caffemodel",
+    "4f4dd9eecd465dd8de7e4cf88ba5d5d5",
+    "weights (Cityscapes train+val, 90k iterations)",
+    [
+        _not_comparable(69.5, "Cityscapes TEST server", _ICNET_README, split="test", protocol=_ICNET_PROTO),
+        _not_comparable(
+            80.90, "val was in its training set (trainval); hellochick's TF port", _ICNET_TF, protocol="hellochick"
+        ),
+    ],
+)
+
+
+def _fss_icnet(name: str, width: str, value: float) -> dict[str, Any]:
+    c = lambda n: int(n * float(width))  # noqa: E731  (its filter_scale)
+    return _entry(
+        f"fss_icnet_{width}_1025_resnet_v1",
+        source_project="oandrienko/fast-semantic-segmentation (TF, own training)",
+        fmt="tf-checkpoint",
+        files=[_file("model.ckpt", f"TF checkpoint inside {name}.tar.gz"), _file(f"{name}.tar.gz", "archive")],
+        arch="icnet",
+        config={
+            "num_classes": 19,
+            "backbone": "slim",
+            "padding": "tf_same",
+            "ppm_mode": "tf_valid",
+            "head_act": "relu6",
+            "stem_widths": [c(64)],
+            "widths": [c(64), c(128), c(256), c(512)],
+            "ppm_width": c(512),
+            "cff_width": c(256),
+            "sub1_widths": [c(64), c(64), c(128), c(256)],
+        },  # fmt: skip
+        dataset="cityscapes",
+        preprocessing={"channel_order": "RGB", "mean": [123.68, 116.779, 103.939], "std": None, "scale": 1.0},
+        protocol=None,
+        scores=[
+            _not_comparable(
+                value,
+                "TF-trained weights, whole 1024x2048 image in one forward by its own eval.py (logits resize to "
+                "the label not pinned here)",
+                _FSS_ZOO,
+                protocol="fast-semantic-segmentation-whole",
+            )
+        ],
+        notes=["Not hszhao's ICNet: slim resnet_v1_50 backbone, wider fusion, trained from its PSPNet50."],
+    )
+
+
 ZOO: list[dict[str, Any]] = [
     _DEEPLAB_CAFFE,
     _DEEPLAB_KAZUTO,
@@ -391,4 +491,8 @@ ZOO: list[dict[str, Any]] = [
     _PSP101_CS,
     *(_semseg(*row) for row in _SEMSEG_ROWS),
     *(_slim(depth) for depth in (50, 101)),
+    _ICNET_30K,
+    _ICNET_90K,
+    _fss_icnet("0818_icnet_1.0_1025_resnet_v1", "1.0", 69.8),
+    _fss_icnet("0818_icnet_0.5_1025_resnet_v1", "0.5", 65.8),
 ]
