@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from segconvert.converters.caffe_generic import convert_caffe_generic
-from segconvert.errors import ConversionError
+from segconvert.errors import CaffeFormatError, ConversionError
 from segconvert.formats.caffemodel import read_caffemodel
 from segconvert.graph import load_net
 from segconvert.reference_models.caffe_generic import CaffeGenericNet
@@ -74,20 +74,69 @@ def test_hand_derived_values(tmp_path):
     np.testing.assert_allclose(out["axpy/0"].numpy(), want, rtol=1e-5, atol=1e-5)
 
 
-def test_unsupported_fork_configurations_are_named(tmp_path):
-    body = conv("c", "data", 4)
+def _pool(kernel: int, stride: int, pad: int) -> str:
+    body = f"  pooling_param {{\n    pool: MAX\n    kernel_size: {kernel}\n    stride: {stride}\n    pad: {pad}\n  }}\n"
+    return layer("pool", "Pooling", ["c"], ["pool", "mask"], body)
+
+
+@pytest.mark.parametrize("kernel,stride,pad", [(2, 2, 0), (3, 2, 1), (3, 3, 0)])
+def test_pooling_mask_top_against_opencv(tmp_path, kernel, stride, pad):
+    """Caffe's MAX pooling mask (second top, what SegNet's Upsample reads): index h * W + w in the input plane."""
+    cv2 = pytest.importorskip("cv2")
+    proto, model, ours, x = _convert(tmp_path, conv("c", "data", 4) + _pool(kernel, stride, pad), shape=(1, 3, 7, 9))
+    net = cv2.dnn.readNetFromCaffe(str(proto), str(model))
+    net.setInput(x)
+    ((values, mask),) = net.forwardAndRetrieve(["pool"])
+    np.testing.assert_allclose(ours["pool/0"].numpy(), values, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(ours["pool/1"].numpy(), mask)
+
+
+def test_segnet_unpooling_hand_derived(tmp_path):
+    """alexgkendall/caffe-segnet Upsample: each pooled value back at its mask index, zeros elsewhere."""
+    body = conv("c", "data", 4) + _pool(2, 2, 0)
     body += layer(
+        "unpool", "Upsample", ["pool", "mask"], body="  upsample_param {\n    upsample_h: 7\n    upsample_w: 9\n  }\n"
+    )
+    body += layer(
+        "unpool2", "Upsample", ["pool", "mask"], body="  upsample_param {\n    scale: 2\n    pad_out_h: true\n  }\n"
+    )
+    _, _, out, _ = _convert(tmp_path, body, shape=(1, 3, 7, 9))
+    c = out["c/0"].numpy()
+    want = np.zeros_like(c)
+    for i in range(4):  # ceil rounding: the last row / column windows are clipped to the input
+        for j in range(5):
+            win = c[:, :, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2]
+            flat = win.reshape(1, 4, -1)
+            arg = flat.argmax(-1)  # the first maximum in row-major order, as Caffe
+            for ch in range(4):
+                r, q = divmod(int(arg[0, ch]), win.shape[3])
+                want[0, ch, 2 * i + r, 2 * j + q] = flat[0, ch, arg[0, ch]]
+    np.testing.assert_array_equal(out["unpool/0"].numpy(), want)
+    assert out["unpool2/0"].shape == (1, 4, 7, 10)  # 4 * 2 - 1 rows, 5 * 2 columns
+    # the mask indexes the 7x9 input plane; Caffe writes them into the 7x10 plane's flat memory all the same
+    flat = out["unpool2/0"].numpy().reshape(1, 4, -1)
+    np.testing.assert_array_equal(flat[..., :63], want.reshape(1, 4, -1))
+    assert not flat[..., 63:].any()
+
+
+def test_unsupported_fork_configurations_are_named(tmp_path):
+    body = conv("c", "data", 4) + layer(
         "pool",
         "Pooling",
         ["c"],
         ["pool", "mask"],
-        "  pooling_param {\n    pool: MAX\n    kernel_size: 2\n    stride: 2\n  }\n",
+        "  pooling_param {\n    pool: AVE\n    kernel_size: 2\n    stride: 2\n  }\n",
     )
-    body += layer("unpool", "Upsample", ["pool", "mask"], body="  upsample_param {\n    scale: 2\n  }\n")
-    proto, model = write_net(tmp_path, net_text("segnet_like", _SHAPE, body))
+    proto, model = write_net(tmp_path, net_text("ave_mask", _SHAPE, body))
     with pytest.raises(ConversionError) as err:
         convert_caffe_generic(load_net(proto, model))
-    assert "unpool (Upsample: two-bottom Upsample (SegNet max-unpooling" in str(err.value)
+    assert "pool (Pooling: a second (mask) top needs MAX pooling)" in str(err.value)
+    body = conv("c", "data", 4) + layer(
+        "up", "Upsample", ["c"], body="  upsample_param {\n    upsample_h: 13\n    upsample_w: 16\n  }\n"
+    )
+    with pytest.raises(CaffeFormatError) as err:
+        write_net(tmp_path, net_text("odd_upsample", _SHAPE, body))
+    assert err.value.layer == "up" and "not an integer multiple of 6x8" in err.value.message
 
 
 def test_fork_fields_read_from_binary_at_their_numbers(tmp_path):

@@ -82,7 +82,10 @@ def test_slim2torch_psp_head_default_is_holysevens_backbone(capsys, tmp_path):
     code, stdout, _ = run_cli("slim2torch", str(case / "model.ckpt"), "-o", str(out), "--parity", str(case))
     assert code == 1
     assert "stride_in=3x3 " in stdout and "note: stride_in '3x3' (PSPNet-TF-Reproduce" in stdout
-    assert read_metadata(out)["parity"]["ok"] is False
+    assert not out.exists()  # a failed parity check writes nothing ...
+    args = ("slim2torch", str(case / "model.ckpt"), "-o", str(out), "--parity", str(case), "--keep-on-failure")
+    assert run_cli(*args)[0] == 1
+    assert read_metadata(out)["parity"]["ok"] is False  # ... unless asked to, and then the metadata says so
 
 
 def test_keras2torch(capsys, tmp_path):

@@ -197,3 +197,18 @@ def test_zoo_icnet_entries_build_with_the_published_sizes():
     assert round(counts["fss_icnet_1.0_1025_resnet_v1"] / 1e6, 2) == 26.82
     assert round(counts["fss_icnet_0.5_1025_resnet_v1"] / 1e6, 2) == 6.71
     assert counts["icnet_cityscapes_train_30k"] == counts["icnet_cityscapes_trainval_90k"]
+
+
+def test_caffe2torch_detects_icnet(tmp_path):
+    from segconvert.weights.store import load_model, read_metadata
+    from tests.cli_runner import run_cli
+
+    proto, model = tmp_path / "icnet.prototxt", tmp_path / "icnet.caffemodel"
+    proto.write_text(icnet_prototxt(div=8, batchnorm=False))
+    write_caffemodel(model, random_weights_for(load_net(proto), seed=9))
+    code, out, err = run_cli("caffe2torch", proto, model, "-o", tmp_path / "icnet.safetensors")
+    assert code == 0, err
+    assert "architecture: icnet" in out and "path: named architecture" in out
+    meta = read_metadata(tmp_path / "icnet.safetensors")
+    assert meta["preprocessing"]["mean"] == [103.939, 116.779, 123.68] and meta["config"]["batchnorm"] is False
+    assert isinstance(load_model(tmp_path / "icnet.safetensors").input_scale, torch.nn.Parameter)

@@ -94,7 +94,7 @@ def test_missing_file_is_the_one_line_rule_not_a_usage_block(tmp_path):
     err = _one_line(run_cli("caffe2torch", proto, tmp_path / "none.caffemodel", "-o", tmp_path / "o.safetensors"))
     assert str(tmp_path / "none.caffemodel") in err and "no such file" in err
     assert "no such file" in _one_line(run_cli("inspect", tmp_path / "none.prototxt"))
-    assert "no such" in _one_line(run_cli("slim2torch", tmp_path / "none.ckpt", "-o", tmp_path / "o.safetensors"))
+    assert "no TF checkpoint found" in _one_line(run_cli("slim2torch", tmp_path / "none.ckpt", "-o", tmp_path / "o.sf"))
     assert "no such file" in _one_line(run_cli("verify", tmp_path / "none.safetensors"))
     err = _one_line(run_cli("eval", tmp_path / "none.safetensors", "--dataset", "voc", "--root", tmp_path))
     assert "no such file" in err

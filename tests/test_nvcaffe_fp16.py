@@ -43,7 +43,8 @@ def nv_net(tmp_path):
     rng = np.random.default_rng(0)
     w, b = _weights(rng)
     mean, var = rng.standard_normal(4).astype(np.float32), rng.uniform(0.5, 2, 4)
-    data = nv_layer("c", "Convolution", [nv_blob(w), nv_blob(b)], ["data"], ["c"])
+    data = cb.text(1, "nv") + cb.vi(11, _FLOAT16) + cb.vi(13, _FLOAT)  # name, default_forward_type / _math
+    data += nv_layer("c", "Convolution", [nv_blob(w), nv_blob(b)], ["data"], ["c"])
     data += nv_layer(
         "bn", "BatchNorm", [nv_blob(mean, _FLOAT), nv_blob(var, _DOUBLE), nv_blob(np.ones(1), _FLOAT16)], ["c"], ["c"]
     )
@@ -52,7 +53,8 @@ def nv_net(tmp_path):
     body = conv("c", "data", 4).replace('  type: "Convolution"\n', '  type: "Convolution"\n  forward_type: FLOAT16\n')
     body += layer("bn", "BatchNorm", ["c"], ["c"], "  batch_norm_param {\n    use_global_stats: true\n  }\n")
     proto = tmp_path / "nv.prototxt"
-    proto.write_text(net_text("nv", (1, 3, 6, 6), body))
+    text = net_text("nv", (1, 3, 6, 6), body).replace('name: "nv"\n', 'name: "nv"\ndefault_forward_type: FLOAT16\n', 1)
+    proto.write_text(text)
     return proto, model, (w, b, mean, var)
 
 
@@ -68,6 +70,7 @@ def test_fp16_float_double_raw_data_read_bit_exact(nv_net):
     assert bn[0].dtype == np.float32 and np.array_equal(bn[0], mean)
     assert bn[1].dtype == np.float64 and np.array_equal(bn[1], var)  # DOUBLE stays double, like double_data
     assert model.layer("c").param.forward_type == _FLOAT16 and model.layer("c").param.backward_type == _FLOAT16
+    assert (model.net_param.default_forward_type, model.net_param.default_forward_math) == (_FLOAT16, _FLOAT)
     (note,) = model.warnings
     assert "NVCaffe raw_data blobs (1 DOUBLE, 1 FLOAT, 3 FLOAT16) in layer(s) c, bn" in note
     assert "FLOAT16 widened to float32 (exact)" in note
@@ -76,6 +79,7 @@ def test_fp16_float_double_raw_data_read_bit_exact(nv_net):
 def test_fp16_net_converts_and_reports(nv_net, tmp_path):
     proto, model_file, (w, b, mean, var) = nv_net
     net = load_net(proto, model_file)
+    assert not [w for w in net.warnings if "unknown" in w]  # NVCaffe's text fields are in the schema
     conv_ = convert_caffe_generic(net)
     m = CaffeGenericNet(**conv_.config)
     m.load_state_dict(conv_.state_dict)

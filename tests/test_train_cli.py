@@ -127,3 +127,20 @@ def test_init_from_a_generic_conversion_gives_the_same_run(work, tmp_path):
     )
     sa, sb = load_model(a / "final.safetensors").state_dict(), load_model(b / "final.safetensors").state_dict()
     assert sa.keys() == sb.keys() and all(sa[k].equal(sb[k]) for k in sa)
+
+
+def test_solver_weights_field_is_the_initial_caffemodel(work, tmp_path):
+    with (work / "solver.prototxt").open("a") as fh:
+        fh.write('weights: "init.caffemodel"\n')
+    a, b = tmp_path / "a", tmp_path / "b"
+    code, stdout, err = run_cli("train", "--solver", work / "solver.prototxt", "-o", a, "--max-iter", 2)
+    assert code == 0 and "model: generic" in stdout, err
+    code, _, err = run_cli(
+        "train", "--solver", work / "solver.prototxt", "--weights", work / "init.caffemodel", "-o", b, "--max-iter", 2
+    )
+    assert code == 0, err
+    from segconvert.weights.store import load_model, read_metadata
+
+    sa, sb = load_model(a / "final.safetensors").state_dict(), load_model(b / "final.safetensors").state_dict()
+    assert all(sa[k].equal(sb[k]) for k in sb)
+    assert "init.caffemodel" in {f["path"] for f in read_metadata(a / "final.safetensors")["source"]["files"]}

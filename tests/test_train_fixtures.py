@@ -88,11 +88,9 @@ class Recorder:
                 self.note("weights", rel(dw, tr[f"iter{t}/{e.key}"] - tr[f"iter0/{e.key}"]))
 
 
-@pytest.mark.parametrize(
-    ("name", "arch"), [(c, "auto") for c in CASES] + [("deeplab_v2_msc_train", "generic")]
-)
+@pytest.mark.parametrize(("name", "arch"), [(c, "auto") for c in CASES])
 def test_python_api_follows_caffe_every_iteration(name, arch, tmp_path, monkeypatch):
-    """DeepLab-v2 trains as the named DeepLabV2 model by default, and as the generic module on request."""
+    """DeepLab-v2 trains as the named DeepLabV2 model by default (the CLI test below runs it as the generic one)."""
     d, meta, traj = case(name)
     monkeypatch.chdir(tmp_path)  # not the case folder: paths resolve relative to the solver / prototxt
     trainer = trainer_from_solver(d / "solver.prototxt", weights=d / "init.caffemodel", arch=arch)
@@ -209,27 +207,19 @@ def test_cli_on_a_copy_with_snapshots_every_iteration(name, tmp_path, monkeypatc
     assert f"wrote {out / 'final.safetensors'}" in stdout
 
 
-def test_cli_deeplab_msc_from_another_folder(tmp_path, monkeypatch):
-    """The DeepLab-v2 MSC train net through the CLI on the read-only case folder itself, run from elsewhere (paths
-    resolved relative to the solver and the prototxt): the final weights follow Caffe's iteration 3."""
+def test_cli_deeplab_msc_generic_from_another_folder(tmp_path, monkeypatch):
+    """The DeepLab-v2 MSC train net through ``segconvert train --generic`` (one module per Caffe layer, MSC
+    copies sharing their owner's modules) on the read-only case folder itself, run from elsewhere (paths resolved
+    relative to the solver and the prototxt): the final weights follow Caffe's iteration 3."""
     d, meta, traj = case("deeplab_v2_msc_train")
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
-    code, _, err = run_cli(
-        "train",
-        "--solver",
-        d / "solver.prototxt",
-        "--weights",
-        d / "init.caffemodel",
-        "-o",
-        out,
-        "--max-iter",
-        meta["iterations"],
-    )
-    assert code == 0, err
+    args = ["--solver", d / "solver.prototxt", "--weights", d / "init.caffemodel", "-o", out, "--generic"]
+    code, stdout, err = run_cli("train", *args, "--max-iter", meta["iterations"])
+    assert code == 0 and "model: generic (requested)" in stdout, err
     assert sorted(p.name for p in out.iterdir()) == ["final.safetensors", "final.safetensors.json"]
     state = _cli_weights(out / "final.safetensors")
-    trainer = trainer_from_solver(d / "solver.prototxt", weights=d / "init.caffemodel")
+    trainer = trainer_from_solver(d / "solver.prototxt", weights=d / "init.caffemodel", arch="generic")
     t, worst = meta["iterations"], 0.0
     for e in trainer.net.param_entries():
         w = state[e.state_key].numpy()
@@ -243,9 +233,7 @@ def test_cli_deeplab_msc_from_another_folder(tmp_path, monkeypatch):
     assert 0 < worst <= tol
     shared = [p for p in meta["params"] if "shared_with" in p]
     assert shared and len(state) == len(trainer.net.model.state_dict())  # one tensor per owner, copies share it
-    info = read_metadata(out / "final.safetensors")
-    assert info["arch"] == "deeplabv2_resnet101" and info["training"]["model_path"].startswith("named")
-    assert info["preprocessing"]["mean"] == [104.008, 116.669, 122.675]
+    assert read_metadata(out / "final.safetensors")["arch"] == "caffe_generic"
 
 
 def test_pytorch_form_agrees_only_while_the_rate_is_constant(tmp_path, monkeypatch):
@@ -305,5 +293,8 @@ def test_deeplab_init_from_a_named_conversion_equals_the_caffemodel_start(tmp_pa
         code, stdout, err = run_cli("train", "--solver", d / "solver.prototxt", *arg, "-o", out, "--max-iter", 1)
         assert code == 0 and "model: named deeplabv2_resnet101" in stdout, err
         runs[how] = load_model(out / "final.safetensors").state_dict()
+        info = read_metadata(out / "final.safetensors")
+        assert info["arch"] == "deeplabv2_resnet101" and info["training"]["model_path"].startswith("named")
+        assert info["preprocessing"]["mean"] == [104.008, 116.669, 122.675]
     assert runs["init"].keys() == runs["weights"].keys()
     assert all(torch.equal(runs["init"][k], runs["weights"][k]) for k in runs["init"])

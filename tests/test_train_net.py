@@ -152,3 +152,25 @@ def test_hdf5_source_wraps_and_shuffles_deterministically(tmp_path):
     assert after == [b.next_batch()["data"].tolist() for _ in range(4)]
     seen = sorted(v[0] for x in first + after[:2] for v in x)  # five batches of 2 = each of the 5 rows twice
     assert seen == sorted([0, 1, 2, 10, 11] * 2) and first != [[[0], [1]], [[2], [10]], [[11], [0]]]
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_pspnet_bn_trains_only_frozen(tmp_path, frozen):
+    from segconvert.errors import ConversionError
+
+    text = NET.split('layer { name: "bn"')[0] + (
+        f'layer {{ name: "bn" type: "BN" bottom: "conv" top: "conv" bn_param {{ frozen: {str(frozen).lower()} }} }}\n'
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "conv" bottom: "label" top: "loss" }\n'
+    )
+    if not frozen:
+        with pytest.raises(ConversionError) as err:
+            train_net(tmp_path, text)
+        line = next(i for i, t in enumerate(text.splitlines(), 1) if 'name: "bn"' in t)
+        assert f"train.prototxt:{line}" in err.value.one_line() and "frozen: false" in err.value.one_line()
+        return
+    net = train_net(tmp_path, text)
+    assert [g["name"] for g in net.param_groups()] == ["conv/0"]  # BN's four blobs are buffers: never updated
+    before = {k: v.clone() for k, v in net.model.bn.state_dict().items()}
+    net.train()
+    net(batch()).total.backward()
+    assert all(torch.equal(v, before[k]) for k, v in net.model.bn.state_dict().items())

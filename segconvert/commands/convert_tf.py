@@ -193,7 +193,7 @@ _KEEP = click.option(
 
 
 @click.command()
-@click.argument("checkpoint", type=ExistingPath(tf_prefix=True))
+@click.argument("checkpoint", type=click.Path(path_type=Path))  # a prefix: open_checkpoint says what it tried
 @_OUTPUT
 @click.option(
     "--arch",

@@ -45,7 +45,7 @@ def export_weights(
     progress: Any = None,
 ) -> Any:
     """The whole export-onnx job (a Python user can call it): returns the :class:`ExportResult` with its check."""
-    from segconvert.export.onnx import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportError
+    from segconvert.export.onnx import DEFAULT_OPSET, DEFAULT_TOLERANCE, refuse_dynamic
     from segconvert.export.onnx import export_onnx as export
     from segconvert.fileio import check_output_path
     from segconvert.weights.inputs import apply_input_shapes, concrete_shape, input_specs, synthetic_inputs
@@ -57,16 +57,7 @@ def export_weights(
     model = load_model(weights)
     meta = model.segconvert_meta
     if dynamic or dynamic_axes:  # the real refusal (sizes fixed in the model) before anything else
-        from segconvert.export.onnx import _dynamic_blockers
-
-        blockers = _dynamic_blockers(model)
-        if blockers:
-            raise ExportError(
-                "--dynamic needs sizes computed in the graph, but these are fixed for one input size: "
-                + "; ".join(blockers)
-                + ". Export at the model's input size without --dynamic (pad inputs to it)",
-                file=weights,
-            )
+        refuse_dynamic(model, file=weights)
     specs = apply_input_shapes(input_specs(meta), list(input_shapes), source=str(weights))
     free = [s for s in specs if any(d < 0 for d in s.shape[2:])]
     if free and input_size is None and not (dynamic or dynamic_axes):

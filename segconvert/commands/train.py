@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from segconvert.commands._args import ExistingPath
+from segconvert.commands.train_recipe import recipe_options, run_recipe_cli, wants_recipe
 
 
 def run_train(
@@ -46,10 +47,10 @@ def run_train(
 
 
 @click.command()
-@click.option("--solver", "solver", required=True, type=ExistingPath(), help="Caffe solver.prototxt.")
+@click.option("--solver", "solver", default=None, type=ExistingPath(), help="Caffe solver.prototxt (or --recipe).")
 @click.option("--weights", type=ExistingPath(), help="Initial weights: a Caffe .caffemodel (by layer name).")
 @click.option("--init", type=ExistingPath(), help="Initial weights: a generic conversion (.safetensors) of the net.")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Output folder (required).")
 @click.option(
     "--max-iter", type=click.IntRange(min=0), help="Stop after N iterations (default: the solver's max_iter)."
 )
@@ -66,6 +67,7 @@ def run_train(
     is_flag=True,
     help="Train the generic one-module-per-layer net even when the named DeepLab-v2 model fits the prototxt.",
 )
+@recipe_options
 def train(
     solver: Path,
     weights: Path | None,
@@ -75,8 +77,19 @@ def train(
     device: str,
     optimizer_form: str,
     generic: bool,
+    **recipe_args: Any,
 ) -> None:
-    """Train a Caffe net from its solver.prototxt, step for step as Caffe's solver does."""
+    """Train a Caffe net from its solver.prototxt, step for step as Caffe's solver does; or a recipe
+    (``--recipe NAME --dataset voc --root DIR``, see ``segconvert recipes``)."""
+    if wants_recipe(recipe_args, solver):
+        if weights is not None:
+            raise click.UsageError("a recipe takes --init (converted weights), not --weights")
+        run_recipe_cli(output, init, max_iter, device, recipe_args)
+        return
+    if solver is None:
+        raise click.UsageError("give --solver solver.prototxt or --recipe NAME")
+    if output is None:
+        raise click.UsageError("-o/--output is required")
     if weights is not None and init is not None:
         raise click.UsageError("give --weights or --init, not both")
     trainer = run_train(

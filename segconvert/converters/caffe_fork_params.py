@@ -100,10 +100,15 @@ def _shuffle_channel(c: Any, layer: Layer, module: str) -> dict[str, Any]:
 
 
 def _upsample(c: Any, layer: Layer, module: str) -> dict[str, Any]:
-    if len(layer.bottoms) != 1:
-        raise Unsupported("two-bottom Upsample (SegNet max-unpooling with the pooling mask) is not supported")
-    shape = c.net.blob_shapes.get(layer.bottoms[0])
     p = layer.param.upsample_param
+    if len(layer.bottoms) == 2:  # alexgkendall/caffe-segnet: max-unpooling by the pooling mask
+        if p.HasField("upsample_h") and p.HasField("upsample_w"):
+            return {"scale_h": 2, "scale_w": 2, "upsample_h": int(p.upsample_h), "upsample_w": int(p.upsample_w)}
+        sh, sw = (int(p.scale_h), int(p.scale_w)) if p.HasField("scale_h") else (int(p.scale or 2),) * 2
+        if sh < 2 or sw < 2 or (p.pad_out_h and sh != 2) or (p.pad_out_w and sw != 2):
+            raise Unsupported("SegNet Upsample needs scales > 1 (and 2 with pad_out_h / pad_out_w)")
+        return {"scale_h": sh, "scale_w": sw, "pad_out_h": bool(p.pad_out_h), "pad_out_w": bool(p.pad_out_w)}
+    shape = c.net.blob_shapes.get(layer.bottoms[0])
     if shape is None and (p.HasField("upsample_h") or p.HasField("upsample_w")):
         raise Unsupported("upsample_h/upsample_w need the input shape")
     try:

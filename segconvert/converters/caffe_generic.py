@@ -68,6 +68,7 @@ _ARITY: dict[str, tuple[tuple[int, int | None], tuple[int, int | None]]] = {
     "Scale": ((1, 2), (1, 1)),
     "Bias": ((1, 2), (1, 1)),
     "Slice": ((1, 1), (1, None)),
+    "Pooling": ((1, 1), (1, 2)),
     **FORK_ARITY,
 }
 
@@ -173,13 +174,22 @@ def _pooling(c: _Converter, layer: Layer, module: str) -> dict[str, Any]:
         raise _Unsupported("STOCHASTIC pooling is not supported")
     if p.HasField("round_mode") and int(p.round_mode) != 0:
         raise _Unsupported("round_mode FLOOR is not supported (Caffe's default CEIL is)")
+    if p.torch_pooling:
+        raise _Unsupported("NVCaffe torch_pooling is not supported")
     mode = "max" if int(p.pool) == 0 else "ave"
     if p.global_pooling:
+        if len(layer.tops) > 1:
+            raise _Unsupported("global pooling with a mask top is not supported")
         return {"mode": mode, "global_pooling": True}
     g = pool_geometry(p)
     if any(pad >= k for pad, k in zip(g["pad"], g["kernel"], strict=True)):
         raise _Unsupported(f"pad {g['pad']} must be smaller than the kernel {g['kernel']}")
-    return {"mode": mode, "kernel_size": _hw(g["kernel"]), "stride": _hw(g["stride"]), "pad": _hw(g["pad"])}
+    params = {"mode": mode, "kernel_size": _hw(g["kernel"]), "stride": _hw(g["stride"]), "pad": _hw(g["pad"])}
+    if len(layer.tops) == 2:  # Caffe's MAX pooling mask top (SegNet's Upsample reads it)
+        if mode != "max":
+            raise _Unsupported("a second (mask) top needs MAX pooling")
+        params["top_mask"] = True
+    return params
 
 
 def _inner_product(c: _Converter, layer: Layer, module: str) -> dict[str, Any]:

@@ -66,6 +66,8 @@ class KerasConversion:
                 shape = [shape[-1], *shape[:-1]]
             image = len(shape) == 3 and shape[0 if spec["layout"] == "nc" else -1] in (1, 3)
             pre = {k: v for k, v in self.preprocessing.items() if v is not None}
+            if self.preprocessing.get("mean") is None and self.preprocessing.get("std") is None:
+                pre = {}  # nothing given: the model takes what its Keras input took
             kind = "image" if image and spec["layout"] == "nc" else "tensor"
             out.append({"name": spec["name"].split(":")[0], "shape": [-1, *shape], "kind": kind, "preprocessing": pre})
         return out

@@ -24,10 +24,9 @@ from segconvert.formats.caffe_schema import (
     ALT_FORK_NUMBERS,
     BVLC_INPUT_PARAM,
     INPUT_PARAM_PRIVATE,
-    NVCAFFE_PRIVATE,
-    NVCAFFE_VARINT_FIELDS,
     message_class,
 )
+from segconvert.formats.caffe_schema_forks import NVCAFFE_PRIVATE, NVCAFFE_VARINT_FIELDS
 from segconvert.formats.caffe_upgrade import upgrade_v1_layer
 
 # NetParameter fields

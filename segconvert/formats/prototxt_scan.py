@@ -164,7 +164,7 @@ def scan_unknown_fields(text: str, net_descriptor: Any) -> tuple[str, list[Unkno
     scanner = _Scanner(text)
     try:
         scanner.message(net_descriptor, None, "", None)
-    except _ScanError:
+    except (_ScanError, RecursionError):  # protobuf's parser reports the syntax error
         pass
     if not scanner.found:
         return text, []

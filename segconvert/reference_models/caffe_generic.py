@@ -105,7 +105,7 @@ _CTORS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
         ),
     ),
     "ShuffleChannel": ("ShuffleChannel", ("group",), ()),
-    "Upsample": ("Upsample", ("scale_h", "scale_w"), ()),
+    "Upsample": ("Upsample", ("scale_h", "scale_w"), ("upsample_h", "upsample_w", "pad_out_h", "pad_out_w")),
     "ReLU6": ("ReLU6", (), ("negative_slope",)),
     "Clip": ("Clip", ("min", "max"), ()),
     "Swish": ("Swish", (), ("beta",)),
@@ -125,6 +125,8 @@ def layer_ctor(spec: dict[str, Any]) -> tuple[str, list[Any], dict[str, Any]]:
     if kind == "ReLU":
         slope = params.get("negative_slope", 0.0)
         return ("nn.LeakyReLU", [slope], {}) if slope else ("nn.ReLU", [], {})
+    if kind == "Pooling" and params.get("top_mask"):  # MAX with the mask as second top (SegNet)
+        return "MaxPoolWithMask", [params["kernel_size"]], {"stride": params["stride"], "pad": params["pad"]}
     if kind == "LRN" and params.get("region", "across") == "within":
         return "LRNWithinChannel", [params["size"]], {"alpha": params["alpha"], "beta": params["beta"]}
     if kind not in _CTORS:

@@ -13,12 +13,14 @@ arithmetic is. Other public forks: :class:`ShuffleChannel` (farmingyard/ShuffleN
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
     "Axpy",
     "Clip",
     "DetectionOutput",
+    "MaxPoolWithMask",
     "Normalize",
     "Permute",
     "PriorBox",
@@ -315,15 +317,63 @@ class ShuffleChannel(nn.Module):
         return f"group={self.group}"
 
 
-class Upsample(nn.Module):
-    """ChenYingpeng/caffe-yolov3 ``Upsample``: nearest neighbour, each value repeated scale_h x scale_w times."""
+class MaxPoolWithMask(nn.Module):
+    """Caffe MAX ``Pooling`` with a second top (BVLC; SegNet's encoder): the pooled values and, as floats, where
+    each maximum is in its input plane (``h * W + w``, the first maximum of the window in row-major order). Caffe's
+    ceil rounding, the last window dropped when it would start in the padding, windows clipped to the input."""
 
-    def __init__(self, scale_h: int = 2, scale_w: int = 2) -> None:
+    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] = 1, pad: int | tuple = 0):
         super().__init__()
-        self.scale_h, self.scale_w = scale_h, scale_w
+        self.kernel_size, self.stride, self.pad = (
+            tuple(v) if isinstance(v, tuple | list) else (v, v) for v in (kernel_size, stride, pad)
+        )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.repeat_interleave(self.scale_h, dim=-2).repeat_interleave(self.scale_w, dim=-1)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.pad
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        sizes = []
+        for size, k, s, p in ((h, kh, sh, ph), (w, kw, sw, pw)):
+            out = -(-(size + 2 * p - k) // s) + 1
+            sizes.append(out - 1 if ph + pw > 0 and (out - 1) * s >= size + p else out)
+        oh, ow = sizes
+        pads = (pw, max(0, (ow - 1) * sw + kw - w - pw), ph, max(0, (oh - 1) * sh + kh - h - ph))
+        padded = F.pad(x, pads, value=float("-inf"))
+        values, index = F.max_pool2d(padded, (kh, kw), (sh, sw), return_indices=True)
+        values, index = values[..., :oh, :ow], index[..., :oh, :ow]
+        row, col = index // padded.shape[-1] - ph, index % padded.shape[-1] - pw
+        return values, (row * w + col).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, pad={self.pad}"
+
+
+class Upsample(nn.Module):
+    """``Upsample``. One input: ChenYingpeng/caffe-yolov3's nearest neighbour, each value repeated scale_h x scale_w
+    times. Two inputs (values, pooling mask): alexgkendall/caffe-segnet's max-unpooling, each value put at its mask
+    index of a zero (upsample_h, upsample_w) plane, or (H * scale_h - pad_out_h, W * scale_w - pad_out_w)."""
+
+    def __init__(
+        self,
+        scale_h: int = 2,
+        scale_w: int = 2,
+        upsample_h: int = 0,
+        upsample_w: int = 0,
+        pad_out_h: bool = False,
+        pad_out_w: bool = False,
+    ) -> None:
+        super().__init__()
+        self.scale_h, self.scale_w, self.upsample_h, self.upsample_w = scale_h, scale_w, upsample_h, upsample_w
+        self.pad_out_h, self.pad_out_w = pad_out_h, pad_out_w
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:
+            return x.repeat_interleave(self.scale_h, dim=-2).repeat_interleave(self.scale_w, dim=-1)
+        n, c, h, w = x.shape
+        oh = self.upsample_h or h * self.scale_h - int(self.pad_out_h)
+        ow = self.upsample_w or w * self.scale_w - int(self.pad_out_w)
+        out = x.new_zeros(n, c, oh * ow)
+        out.scatter_(2, mask.reshape(n, c, h * w).long(), x.reshape(n, c, h * w))
+        return out.reshape(n, c, oh, ow)
 
     def extra_repr(self) -> str:
         return f"scale_h={self.scale_h}, scale_w={self.scale_w}"

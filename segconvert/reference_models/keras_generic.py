@@ -62,7 +62,13 @@ def keras_generic_config(
     aliases: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Check and normalise (JSON round trip) a generic Keras config; ``create_model`` calls this."""
-    config = {"model_name": model_name, "keras_version": keras_version, "inputs": inputs, "steps": steps, "outputs": outputs}
+    config = {
+        "model_name": model_name,
+        "keras_version": keras_version,
+        "inputs": inputs,
+        "steps": steps,
+        "outputs": outputs,
+    }
     config = json.loads(json.dumps({**config, "aliases": aliases or {}}))
     known = {i["name"] for i in config["inputs"]}
     owners: dict[str, str] = {}

@@ -52,6 +52,13 @@ def load_train_net(
         )
     if weights is not None and init is not None:
         raise ConversionError("give initial weights as a caffemodel or as a converted file, not both")
+    if weights is None and init is None and solver.weights:
+        from .solver import resolve_path
+
+        weights = resolve_path(solver.weights[0], solver.path.parent if solver.path is not None else None)
+        if weights is None or len(solver.weights) > 1:
+            why = "not found" if weights is None else "more than one file is not supported"
+            raise ConversionError(f"weights {solver.weights}: {why}", **solver.where("weights"))
     if weights is None and init is None:
         raise ConversionError(
             "initial weights are needed (--weights init.caffemodel or --init converted.safetensors)", file=solver.path
@@ -147,7 +154,8 @@ def trainer_from_solver(
     trainer = Trainer(
         net, cfg, data, device=device, hooks=hooks or [], max_iter=max_iter, arithmetic=arithmetic, form=form
     )
+    caffemodel = getattr(net.net, "caffemodel", None)  # also the solver's own weights: field
     trainer.setup = TrainSetup(
-        cfg, Path(net.net.prototxt), Path(weights) if weights else None, Path(init) if init else None
+        cfg, Path(net.net.prototxt), Path(caffemodel) if caffemodel else None, Path(init) if init else None
     )
     return trainer

@@ -318,3 +318,58 @@ def transform_from_params(
         crop, tuple(float(m) for m in mean_value), tuple(float(f) for f in scale_factors), bool(mirror), scale,
         int(ignore_label),
     )  # fmt: skip
+
+
+def _imageseg_layer(layer: Any, *, prototxt: Path | None, seed: int) -> _TopsStream:
+    """``data_source_for`` factory for an ``ImageSegData`` layer (TRAIN phase): its list, root folder and
+    ``transform_param``, paths resolved as Caffe does (working directory), then relative to the prototxt."""
+    from .caffe_net import layer_line
+    from .data_hdf5 import resolve_data_path
+
+    p, t = layer.param.image_data_param, layer.param.transform_param
+    where = {"file": prototxt, "line": layer_line(prototxt, layer.name), "layer": layer.name}
+    base = prototxt.parent if prototxt is not None else None
+    source = resolve_data_path(p.source, base)
+    if source is None:
+        raise DatasetError(f"ImageSegData source list {p.source!r} not found", **where)
+    if t.mean_file:
+        raise DatasetError("ImageSegData does not support mean_file (Caffe: 'does not support mean file')", **where)
+    items = read_seg_list(source, p.root_folder)
+    root = p.root_folder
+    if not items[0][0].exists() and base is not None and not Path(p.root_folder).is_absolute():
+        root = str(base) + "/" + p.root_folder if p.root_folder else str(base) + "/"
+        items = read_seg_list(source, root)
+    ignore = int(p.ignore_label) if p.HasField("ignore_label") else 255
+    transform = transform_from_params(int(t.crop_size), list(t.mean_value), list(t.scale_factors), bool(t.mirror),
+                                      ignore, float(t.scale))  # fmt: skip
+    data = ImageSegData.from_list(source, root, transform, seed=seed, shuffle=bool(p.shuffle))
+    return _TopsStream(ImageSegStream(data, batch_size=int(p.batch_size)), list(layer.tops), source)
+
+
+class _TopsStream:
+    """An :class:`ImageSegStream` whose batches are keyed by the layer's top names (data, label)."""
+
+    def __init__(self, stream: ImageSegStream, tops: list[str], list_path: Path) -> None:
+        self.stream, self.tops, self.list_path = stream, tops, list_path
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        b = self.stream.next_batch()
+        out = {self.tops[0]: b["data"]}
+        if len(self.tops) > 1:
+            out[self.tops[1]] = b["label"]
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.stream.load_state_dict(state)
+
+
+def _register() -> None:
+    from .data import register_data_layer
+
+    register_data_layer("ImageSegData", _imageseg_layer)
+
+
+_register()

@@ -70,8 +70,10 @@ def named_deeplab_net(net: Any) -> tuple[Any, str | None]:
     reason = _losses_match(net)
     if reason:
         return None, reason
-    conv = convert_caffe_net(net, detected=det)
-    model = conv.build_model()
+    try:
+        model = convert_caffe_net(net, detected=det).build_model()
+    except ConversionError as exc:
+        return None, f"the named converter refused it ({exc.message})"
     by_value: dict[tuple[tuple[int, ...], str], str] = {}
     for name, p in model.named_parameters():
         by_value.setdefault(_digest(p.detach().numpy()), name)
@@ -87,7 +89,9 @@ def named_deeplab_net(net: Any) -> tuple[Any, str | None]:
                 return None, f"blob {layer.name}/{i} has no single counterpart in the named model"
             spec = layer.param.param[i] if i < len(layer.param.param) else None
             pair = (float(spec.lr_mult), float(spec.decay_mult)) if spec is not None else (1.0, 1.0)
-            kind = ("head_bias" if name.endswith(".bias") else "head_weight") if name.startswith("aspp.") else "backbone"
+            kind = (
+                ("head_bias" if name.endswith(".bias") else "head_weight") if name.startswith("aspp.") else "backbone"
+            )
             if mults.setdefault(kind, pair) != pair:
                 return None, f"{layer.name}/{i} has lr_mult/decay_mult {pair}, other {kind} blobs {mults[kind]}"
             entries.append(ParamEntry(f"{layer.name}/{i}", params[name], pair[0], pair[1], name))

@@ -11,7 +11,6 @@ a free axis. ``kind`` is ``"image"`` for a 2-D input with 1 or 3 channels, else 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,20 +126,22 @@ def specs_to_meta(specs: Sequence[InputSpec]) -> list[dict[str, Any]]:
     return [s.to_meta() for s in specs]
 
 
-_SHAPE_RE = re.compile(r"^\s*([^:\s][^:]*?)\s*:\s*(-?\d+(?:\s*,\s*-?\d+)*)\s*$")
-
-
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    """``"data:1,3,224,224"`` -> ``("data", (1, 3, 224, 224))``; ``-1`` marks a free axis."""
-    m = _SHAPE_RE.match(text or "")
-    if not m:
+    """``"data:1,3,224,224"`` -> ``("data", (1, 3, 224, 224))``; ``-1`` marks a free axis. The name is what
+    comes before the last ``:`` (so it may hold one)."""
+    name, _, dims_text = (text or "").rpartition(":")
+    name = name.strip()
+    try:
+        dims = tuple(int(v) for v in dims_text.split(","))
+    except ValueError:
+        dims = ()
+    if not name or not dims:
         raise InputShapeError(f"--input-shape must be NAME:N,C,H,W (e.g. data:1,3,224,224), got {text!r}")
-    dims = tuple(int(v) for v in m.group(2).split(","))
     if len(dims) < 2 or any(d == 0 or d < -1 for d in dims):
         raise InputShapeError(
             f"--input-shape {text!r}: give at least N and C, each a positive size or -1 (free), got {list(dims)}"
         )
-    return m.group(1), dims
+    return name, dims
 
 
 def apply_input_shapes(
