@@ -26,6 +26,7 @@ __all__ = [
     "SegconvertError",
     "WeightsFileError",
     "load_model",
+    "predict",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,6 +38,13 @@ def load_model(path: str, device: str = "cpu", **kwargs: Any) -> torch.nn.Module
     from segconvert.weights.store import load_model as _load
 
     return _load(path, device=device, **kwargs)
+
+
+def predict(model: torch.nn.Module, image: Any, **options: Any) -> Any:
+    """The (H, W) label map of an image (path, PIL image or uint8 RGB array); see segconvert.inference.predict."""
+    from segconvert.inference.predict import predict as _predict
+
+    return _predict(model, image, **options)
 
 
 def __dir__() -> list[str]:

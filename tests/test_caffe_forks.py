@@ -74,16 +74,24 @@ def test_hand_derived_values(tmp_path):
     np.testing.assert_allclose(out["axpy/0"].numpy(), want, rtol=1e-5, atol=1e-5)
 
 
-def _pool(kernel: int, stride: int, pad: int) -> str:
-    body = f"  pooling_param {{\n    pool: MAX\n    kernel_size: {kernel}\n    stride: {stride}\n    pad: {pad}\n  }}\n"
+def _pool(kernel: int, stride: int, pad: int, mode: str = "MAX") -> str:
+    body = (
+        f"  pooling_param {{\n    pool: {mode}\n    kernel_size: {kernel}\n    stride: {stride}\n    pad: {pad}\n  }}\n"
+    )
     return layer("pool", "Pooling", ["c"], ["pool", "mask"], body)
+
+
+_UNPOOL = layer(
+    "unpool", "Upsample", ["pool", "mask"], body="  upsample_param {\n    upsample_h: 7\n    upsample_w: 9\n  }\n"
+)
 
 
 @pytest.mark.parametrize("kernel,stride,pad", [(2, 2, 0), (3, 2, 1), (3, 3, 0)])
 def test_pooling_mask_top_against_opencv(tmp_path, kernel, stride, pad):
     """Caffe's MAX pooling mask (second top, what SegNet's Upsample reads): index h * W + w in the input plane."""
     cv2 = pytest.importorskip("cv2")
-    proto, model, ours, x = _convert(tmp_path, conv("c", "data", 4) + _pool(kernel, stride, pad), shape=(1, 3, 7, 9))
+    body = conv("c", "data", 4) + _pool(kernel, stride, pad) + _UNPOOL  # the mask top's reader
+    proto, model, ours, x = _convert(tmp_path, body, shape=(1, 3, 7, 9))
     net = cv2.dnn.readNetFromCaffe(str(proto), str(model))
     net.setInput(x)
     ((values, mask),) = net.forwardAndRetrieve(["pool"])
@@ -93,10 +101,7 @@ def test_pooling_mask_top_against_opencv(tmp_path, kernel, stride, pad):
 
 def test_segnet_unpooling_hand_derived(tmp_path):
     """alexgkendall/caffe-segnet Upsample: each pooled value back at its mask index, zeros elsewhere."""
-    body = conv("c", "data", 4) + _pool(2, 2, 0)
-    body += layer(
-        "unpool", "Upsample", ["pool", "mask"], body="  upsample_param {\n    upsample_h: 7\n    upsample_w: 9\n  }\n"
-    )
+    body = conv("c", "data", 4) + _pool(2, 2, 0) + _UNPOOL
     body += layer(
         "unpool2", "Upsample", ["pool", "mask"], body="  upsample_param {\n    scale: 2\n    pad_out_h: true\n  }\n"
     )
@@ -120,17 +125,14 @@ def test_segnet_unpooling_hand_derived(tmp_path):
 
 
 def test_unsupported_fork_configurations_are_named(tmp_path):
-    body = conv("c", "data", 4) + layer(
-        "pool",
-        "Pooling",
-        ["c"],
-        ["pool", "mask"],
-        "  pooling_param {\n    pool: AVE\n    kernel_size: 2\n    stride: 2\n  }\n",
-    )
-    proto, model = write_net(tmp_path, net_text("ave_mask", _SHAPE, body))
-    with pytest.raises(ConversionError) as err:
-        convert_caffe_generic(load_net(proto, model))
-    assert "pool (Pooling: a second (mask) top needs MAX pooling)" in str(err.value)
+    for body, why in (
+        (_pool(2, 2, 0, "AVE") + _UNPOOL, "pool (Pooling: a second (mask) top needs MAX pooling)"),
+        (_pool(2, 2, 0), "pool (Pooling: 2 tops: a mask top is converted only as the second bottom of SegNet's"),
+    ):
+        proto, model = write_net(tmp_path, net_text("mask", (1, 3, 7, 9), conv("c", "data", 4) + body))
+        with pytest.raises(ConversionError) as err:
+            convert_caffe_generic(load_net(proto, model))
+        assert why in str(err.value)
     body = conv("c", "data", 4) + layer(
         "up", "Upsample", ["c"], body="  upsample_param {\n    upsample_h: 13\n    upsample_w: 16\n  }\n"
     )

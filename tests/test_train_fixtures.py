@@ -112,6 +112,17 @@ def test_python_api_follows_caffe_every_iteration(name, arch, tmp_path, monkeypa
     assert all(rec.lr_bits_equal), rec.lr_bits_equal
     for k, v in rec.worst.items():
         assert v <= tol[k], (k, v, tol[k])
+    # Caffe's "Iteration N, loss = X" lines (6 digits). The fixture drove solver.step(1), and each Step() call
+    # restarts Caffe's average_loss window, so the logged value is the iteration's own loss; one run() is one
+    # Solve(): the window spans the run (DeepLab: average_loss 20).
+    logged = [float(line.split("loss = ")[1]) for line in meta["log_lines"] if ", loss = " in line]
+    assert len(logged) == len(records)
+    for r, value in zip(records, logged, strict=True):
+        assert r.loss == pytest.approx(value, rel=1e-5, abs=0), (r.iteration, r.loss, value)
+    window = int(meta["solver"].get("average_loss", 1))
+    for i, r in enumerate(records):
+        recent = [x.loss for x in records[max(0, i + 1 - window) : i + 1]]
+        assert r.smoothed_loss == pytest.approx(float(np.mean(recent)), rel=1e-6)
     counts = [[list(c.values()) for c in r.valid_counts] for r in records]
     assert counts == meta["batches"]["valid_label_counts"]["values"]
     for k, v in trainer.net.model.named_buffers():  # frozen BatchNorm statistics: bit-identical
@@ -205,6 +216,10 @@ def test_cli_on_a_copy_with_snapshots_every_iteration(name, tmp_path, monkeypatc
     names = {f["path"] for f in info["source"]["files"]}
     assert {"solver.prototxt", "train.prototxt", "init.caffemodel", "batches_h5.txt", "batches.h5"} <= names
     assert f"wrote {out / 'final.safetensors'}" in stdout
+    if name == "sgd_step_policy":  # a snapshot is a converted-weights file: export-onnx takes it
+        onnx = tmp_path / "final.onnx"
+        code, _, err = run_cli("export-onnx", out / "final.safetensors", "-o", onnx, "--input-shape", "data:2,3,15,15")
+        assert code == 0 and onnx.stat().st_size > 0, err
 
 
 def test_cli_deeplab_msc_generic_from_another_folder(tmp_path, monkeypatch):

@@ -174,3 +174,27 @@ def test_pspnet_bn_trains_only_frozen(tmp_path, frozen):
     net.train()
     net(batch()).total.backward()
     assert all(torch.equal(v, before[k]) for k, v in net.model.bn.state_dict().items())
+
+
+def test_snapshot_of_batch_statistics_net_infers_with_the_moving_averages(tmp_path):
+    """Training normalised with batch statistics; the snapshot runs as Caffe's TEST phase: the moving averages."""
+    from segconvert.train.data_hdf5 import InputSource
+    from segconvert.train.engine import Trainer
+    from segconvert.train.snapshots import SnapshotHook
+    from segconvert.train.solver import parse_solver
+    from segconvert.weights.store import load_model
+
+    (tmp_path / "solver.prototxt").write_text("")
+    net = train_net(tmp_path)
+    solver = parse_solver(
+        'net: "train.prototxt"\nbase_lr: 0.1\nlr_policy: "fixed"\nmax_iter: 2\n', tmp_path / "solver.prototxt"
+    )
+    hook = SnapshotHook(tmp_path / "out")
+    trainer = Trainer(net, solver, InputSource([{k: v.numpy() for k, v in batch(i).items()} for i in range(2)]),
+                      hooks=[hook])  # fmt: skip
+    trainer.run()
+    assert net.model.bn.use_global_stats is False
+    model = load_model(tmp_path / "out" / "final.safetensors")
+    assert model.bn.use_global_stats is True
+    torch.testing.assert_close(model.bn.running_mean, net.bn_blobs["bn"][0] / net.bn_blobs["bn"][2])
+    assert not torch.equal(model.bn.running_mean, torch.zeros(3))

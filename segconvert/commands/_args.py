@@ -15,16 +15,21 @@ class ExistingPath(click.ParamType):
 
     Unlike ``click.Path(exists=True)`` a missing path is a typed error that ``cli.main`` prints as one line
     naming the path (exit 2), not a usage block. ``tf_prefix=True`` also accepts a TF checkpoint prefix
-    (``PREFIX.index`` exists).
+    (``PREFIX.index`` exists). ``text=True`` gives the value as ``str`` (commands whose functions take text).
     """
 
     name = "path"
 
-    def __init__(self, *, folder: bool = False, tf_prefix: bool = False) -> None:
+    def __init__(self, *, folder: bool = False, tf_prefix: bool = False, text: bool = False) -> None:
         self.folder = folder
         self.tf_prefix = tf_prefix
+        self.text = text
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = self._check(value, param)
+        return str(path) if self.text else path
+
+    def _check(self, value: Any, param: click.Parameter | None) -> Path:
         path = Path(value).expanduser()
         what = f"{param.human_readable_name}: " if param is not None and param.human_readable_name else ""
         if not path.exists():

@@ -88,6 +88,8 @@ def _run_options(f: Any) -> Any:
         click.option("--amp/--no-amp", default=None, help="Autocast: float16 on CUDA (default on), bfloat16 on CPU."),
         click.option("--json", "as_json", is_flag=True, help="Print the results as JSON."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
+        click.option("--no-fuse", is_flag=True, help="Run the plain converted module (no BatchNorm folding)."),
+        click.option("--benchmark", is_flag=True, help="Print images/s split into decode, protocol, network, metrics."),
     ]
     for opt in reversed(options):
         f = opt(f)
@@ -163,7 +165,11 @@ def _run(model: Any, ds: Any, proto: Any, dev: Any, run: dict[str, Any], preproc
     """``evaluate`` with the shared run options (``run``: the click values of :func:`_run_options`)."""
     from segconvert.eval.runner import evaluate
 
-    return evaluate(
+    if not run.get("no_fuse"):
+        from segconvert.inference.prepare import prepare_model
+
+        model = prepare_model(model, fuse=True)  # the inference form; the weights file is not touched
+    result = evaluate(
         model,
         ds,
         proto,
@@ -174,14 +180,20 @@ def _run(model: Any, ds: Any, proto: Any, dev: Any, run: dict[str, Any], preproc
         save_pred=run["save_pred"],
         preprocessing=preprocessing,
         progress=not run["quiet"],
+        time_network=bool(run.get("benchmark")),
     )
+    if run.get("benchmark"):
+        from segconvert.eval.runner import timing_split
+
+        click.echo(timing_split(result.info["timing"]), err=True)
+    return result
 
 
 # -------------------------------------------------------------------------------------------------- eval
 
 
 @click.command("eval")
-@click.argument("weights", type=ExistingPath())
+@click.argument("weights", type=ExistingPath(text=True))
 @click.option("--dataset", type=DATASET_CHOICE, required=True, help="Dataset in its released layout.")
 @click.option("--root", type=click.Path(), required=True, help="Dataset root folder.")
 @click.option("--split", default="val", show_default=True)
@@ -370,7 +382,7 @@ def _ours(result: Any, metric: str) -> float | None:
 @click.command("reproduce")
 @click.argument("name")
 @click.option("--root", type=click.Path(), required=True, help="Dataset root folder.")
-@click.option("--weights", type=ExistingPath(), required=True, help="Converted weights.")
+@click.option("--weights", type=ExistingPath(text=True), required=True, help="Converted weights.")
 @click.option("--setting", type=click.Choice(["ss", "ms"]), default="ss", show_default=True)
 @click.option("--split", default="val", show_default=True)
 @click.option("--allow-noncomparable", is_flag=True, help="Run even without a comparable published score.")

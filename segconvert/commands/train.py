@@ -49,7 +49,7 @@ def run_train(
 @click.command()
 @click.option("--solver", "solver", default=None, type=ExistingPath(), help="Caffe solver.prototxt (or --recipe).")
 @click.option("--weights", type=ExistingPath(), help="Initial weights: a Caffe .caffemodel (by layer name).")
-@click.option("--init", type=ExistingPath(), help="Initial weights: a generic conversion (.safetensors) of the net.")
+@click.option("--init", type=ExistingPath(), help="Initial weights: a caffe2torch conversion of the net.")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Output folder (required).")
 @click.option(
     "--max-iter", type=click.IntRange(min=0), help="Stop after N iterations (default: the solver's max_iter)."

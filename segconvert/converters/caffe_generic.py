@@ -185,7 +185,10 @@ def _pooling(c: _Converter, layer: Layer, module: str) -> dict[str, Any]:
     if any(pad >= k for pad, k in zip(g["pad"], g["kernel"], strict=True)):
         raise _Unsupported(f"pad {g['pad']} must be smaller than the kernel {g['kernel']}")
     params = {"mode": mode, "kernel_size": _hw(g["kernel"]), "stride": _hw(g["stride"]), "pad": _hw(g["pad"])}
-    if len(layer.tops) == 2:  # Caffe's MAX pooling mask top (SegNet's Upsample reads it)
+    if len(layer.tops) == 2:  # Caffe's MAX pooling mask top, converted for its one reader: SegNet's Upsample
+        readers = [x for x in c.net.layers if layer.tops[1] in x.bottoms]
+        if not readers or any(x.type != "Upsample" or x.bottoms[1:] != layer.tops[1:] for x in readers):
+            raise _Unsupported("2 tops: a mask top is converted only as the second bottom of SegNet's Upsample")
         if mode != "max":
             raise _Unsupported("a second (mask) top needs MAX pooling")
         params["top_mask"] = True

@@ -63,6 +63,42 @@ class _Timer:
         self.total[key] = self.total.get(key, 0.0) + seconds
 
 
+class _TimedForward(nn.Module):
+    """Wraps a model: counts the seconds spent in its forwards (synchronised on CUDA) for ``--benchmark``."""
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        super().__init__()
+        self.model, self.device = model, device
+        self.segconvert_meta = getattr(model, "segconvert_meta", None)
+        self.seconds, self.calls = 0.0, 0
+
+    def forward(self, *args: Any) -> Any:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        out = self.model(*args)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+        return out
+
+
+def timing_split(timing: dict[str, Any]) -> str:
+    """One line: images/s and the seconds of decode (loading), protocol (resizes, padding, fusion), network
+    (the forwards) and metrics, from ``evaluate(..., time_network=True)``'s ``info["timing"]``."""
+    net = float(timing.get("network", 0.0))
+    proto = max(float(timing.get("inference", 0.0)) - net, 0.0)
+    ips = timing.get("images_per_second")
+    parts = [
+        f"decode {timing.get('load', 0.0):.2f}s",
+        f"protocol {proto:.2f}s",
+        f"network {net:.2f}s ({timing.get('forwards', 0)} forwards)",
+        f"metrics {timing.get('metric', 0.0):.2f}s",
+    ]
+    return f"benchmark: {ips or 0.0:.3f} images/s over {timing.get('seconds', 0.0):.2f}s: " + ", ".join(parts)
+
+
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
@@ -94,6 +130,7 @@ def evaluate(
     preprocessing: Preprocessing | None = None,
     progress: bool = True,
     on_image: Callable[[int, np.ndarray], None] | None = None,
+    time_network: bool = False,
 ) -> EvalResult:
     """Predict every image with ``protocol`` and score it with the dataset's metric (accumulated on device).
 
@@ -104,6 +141,9 @@ def evaluate(
     prep = preprocessing or Preprocessing.from_model(model)
     rt = Runtime(dev, batch_size, amp, channels_last)
     model = model.eval().to(dev, memory_format=rt.memory_format)
+    timed = _TimedForward(model, dev) if time_network else None
+    if timed is not None:
+        model = timed  # type: ignore[assignment]
     scorer = dataset.make_scorer(dev)
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     if n == 0:
@@ -163,6 +203,8 @@ def evaluate(
         },
         timing={"seconds": elapsed, "images_per_second": n / elapsed if elapsed else None, **timer.total},
     )
+    if timed is not None:
+        result.info["timing"].update(network=timed.seconds, forwards=timed.calls, images=n)
     return result
 
 

@@ -41,6 +41,8 @@ __all__ = [
     "predict",
     "predict_scores",
     "legend",
+    "palette_for",
+    "class_names_for",
     "load_image",
     "write_prediction",
 ]
@@ -100,7 +102,9 @@ def image_input_check(meta: Mapping[str, Any], source: Any = None) -> None:
     specs = input_specs(meta)
     if len(specs) != 1 or not specs[0].is_image or specs[0].channels not in (3, None):
         have = ", ".join(s.describe() for s in specs)
-        raise WeightsFileError(f"predict runs nets whose input is one 3-channel image; this net takes {have}", file=source)
+        raise WeightsFileError(
+            f"predict runs nets whose input is one 3-channel image; this net takes {have}", file=source
+        )
 
 
 def model_protocol(

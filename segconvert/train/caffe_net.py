@@ -129,6 +129,14 @@ class CaffeTrainNet(nn.Module):
                 for e in owner_entries.get(spec["shared_from"], []):
                     e.shared_by.append(spec["name"])
                 continue
+            if spec["name"] not in self.net:  # e.g. a deploy net's extra layer (--init): no multipliers declared
+                own = [
+                    ParamEntry(f"{spec['name']}/{i}", p, 1.0, 1.0, f"{module_name}.{n}")
+                    for i, (n, p) in enumerate(self.model.get_submodule(module_name).named_parameters(recurse=False))
+                ]
+                owner_entries[spec["name"]] = own
+                entries.extend(own)
+                continue
             layer = self.net.layer(spec["name"])
             module = self.model.get_submodule(module_name)
             if spec["type"] == "BN":
@@ -149,15 +157,21 @@ class CaffeTrainNet(nn.Module):
 
     def _bn_setup(self) -> None:
         for spec in self.model.config["layers"]:
-            if spec["type"] != "BatchNorm" or spec.get("shared_from") or spec["params"].get("use_global_stats", True):
+            if spec["type"] != "BatchNorm" or spec["name"] not in self.net:
                 continue
             layer = self.net.layer(spec["name"])
             module = self.model.get_submodule(spec["module"])
+            p = layer.param.batch_norm_param
+            train_global = bool(p.use_global_stats) if p.HasField("use_global_stats") else False  # TRAIN default
+            if module.use_global_stats != train_global:  # e.g. --init from a deploy (TEST-phase) conversion
+                module.use_global_stats = train_global
+                spec["params"]["use_global_stats"] = train_global
+            if train_global or spec.get("shared_from"):
+                continue
             if layer.blobs and len(layer.blobs) == 3:
                 raw = [torch.from_numpy(np.array(b, dtype=np.float32).reshape(-1)) for b in layer.blobs]
             else:
                 raw = [module.running_mean.clone(), module.running_var.clone(), torch.ones(1)]
-            p = layer.param.batch_norm_param
             self.bn_blobs[spec["name"]] = raw
             module.register_forward_hook(
                 _bn_moving_average(self, spec["name"], float(np.float32(p.moving_average_fraction)))

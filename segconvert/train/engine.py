@@ -10,8 +10,10 @@ One :meth:`Trainer.step` is one Caffe iteration (``solver.step(1)``):
 3. one optimizer update (:class:`~segconvert.train.optim.CaffeOptimizer`: ``* float32(1/iter_size)``, decay,
    momentum); ``trainer.iteration += 1``.
 
-The iteration loss is ``float32(sum of the pass totals) / iter_size`` and the smoothed loss Caffe prints is its
-mean over the last ``average_loss`` iterations.
+The iteration loss is ``float32(sum of the pass totals) / iter_size``; the smoothed loss Caffe prints ("Iteration
+N, loss =") is its running mean over the last ``average_loss`` iterations, updated in float32 as
+``Solver::UpdateSmoothedLoss`` does. Caffe restarts that window at every ``Step()`` call (``solver.step(1)`` logs
+each iteration's own loss); here it spans the trainer's life, like one ``caffe train`` run, resumes included.
 
 Hook interface (for logging, checkpoints, validation; a hook implements any subset):
 
@@ -24,11 +26,12 @@ Hook interface (for logging, checkpoints, validation; a hook implements any subs
 ``record`` is a :class:`StepRecord`. A hook may set ``trainer.stop_requested = True`` (e.g. on SIGTERM) to stop
 after the current step; :meth:`Trainer.run` then returns normally and ``trainer.stopped_early`` is True.
 
-State interface: :meth:`Trainer.state_dict` returns ``{"format": 1, "iteration", "model" (the generic module's
+State interface: :meth:`Trainer.state_dict` returns ``{"format": 1, "iteration", "model" (``net.model``'s
 state_dict), "optimizer" (``CaffeOptimizer.state_dict()``: per-parameter history), "bn_blobs" (Caffe BatchNorm
 accumulators of batch-statistics layers), "data" (the data source's ``state_dict()``: position, permutations,
 its RNG), "rng" ({"torch", "numpy", "python", "cuda"}: global generator states, for Dropout and random data
-transforms), "loss_window" (the last ``average_loss`` iteration losses), "solver" (the solver's values)}``;
+transforms), "loss_window" (the last ``average_loss`` iteration losses, in Caffe's ring order), "smoothed_loss",
+"solver" (the solver's values)}``;
 :meth:`Trainer.load_state_dict` restores all of it, so ``run()`` continues as an uninterrupted run would. Tensors
 stay tensors (save with ``torch.save``; load with ``torch.load(weights_only=True)``).
 """
@@ -37,7 +40,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,7 +93,7 @@ class StepRecord:
     iteration: int
     lr: float
     loss: float  # float32(sum of pass totals) / iter_size
-    smoothed_loss: float  # mean of the last average_loss iteration losses (Caffe's "Iteration N, loss =")
+    smoothed_loss: float  # Caffe's running mean of the last average_loss iteration losses ("Iteration N, loss =")
     passes: list[dict[str, float]] = field(default_factory=list)  # per pass: each loss layer, "total"
     mean_losses: dict[str, float] = field(default_factory=dict)  # float32(sum over passes) / iter_size
     valid_counts: list[dict[str, int]] = field(default_factory=list)
@@ -139,7 +141,8 @@ class Trainer:
             form=form,
         )
         self.iteration = 0
-        self.loss_window: deque[float] = deque(maxlen=int(solver.average_loss))
+        self.loss_window: list[float] = []
+        self.smoothed_loss = np.float32(0)
         self.stop_requested = False
         self.stopped_early = False
 
@@ -186,11 +189,25 @@ class Trainer:
         self._call("on_gradients_ready", record)
         self.optimizer.step(rate, self.iteration)
         self.iteration += 1
-        self.loss_window.append(record.loss)
-        record.smoothed_loss = float(np.mean(np.asarray(self.loss_window, dtype=np.float64)))
+        record.smoothed_loss = self._update_smoothed_loss(np.float32(record.loss))
         record.seconds = time.perf_counter() - t0
         self._call("on_step_end", record)
         return record
+
+    def _update_smoothed_loss(self, loss: np.float32) -> float:
+        """Caffe ``UpdateSmoothedLoss`` (float32); called after ``self.iteration`` was incremented."""
+        n = int(self.solver.average_loss)
+        if len(self.loss_window) < n:
+            self.loss_window.append(float(loss))
+            size = np.float32(len(self.loss_window))
+            self.smoothed_loss = np.float32((self.smoothed_loss * (size - np.float32(1)) + loss) / size)
+        else:
+            idx = (self.iteration - 1) % n
+            self.smoothed_loss = np.float32(
+                self.smoothed_loss + (loss - np.float32(self.loss_window[idx])) / np.float32(n)
+            )
+            self.loss_window[idx] = float(loss)
+        return float(self.smoothed_loss)
 
     def run(self, max_iter: int | None = None) -> list[StepRecord]:
         """Step until ``max_iter`` updates are done (Caffe's ``Solve``) or a hook requests a stop."""
@@ -218,6 +235,7 @@ class Trainer:
             "data": self.data.state_dict(),
             "rng": global_rng_state(),
             "loss_window": list(self.loss_window),
+            "smoothed_loss": float(self.smoothed_loss),
             "solver": self.solver.to_dict(),
         }
 
@@ -229,4 +247,5 @@ class Trainer:
         self.data.load_state_dict(state["data"])
         set_global_rng_state(state["rng"])
         self.iteration = int(state["iteration"])
-        self.loss_window = deque((float(v) for v in state["loss_window"]), maxlen=int(self.solver.average_loss))
+        self.loss_window = [float(v) for v in state["loss_window"]]
+        self.smoothed_loss = np.float32(state.get("smoothed_loss", 0.0))

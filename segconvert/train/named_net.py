@@ -37,7 +37,7 @@ def _digest(a: np.ndarray) -> tuple[tuple[int, ...], str]:
 def _losses_match(net: Any) -> str | None:
     found = {}
     for layer in net.layers:
-        if "Loss" in layer.type or layer.type in ("Accuracy", "SegAccuracy"):
+        if "Loss" in layer.type:  # metrics (Accuracy, SegAccuracy) do not change the training
             if layer.type != "SoftmaxWithLoss":
                 return f"loss layer {layer.name} is {layer.type}"
             lp = layer.param.loss_param

@@ -8,6 +8,7 @@ weights and the data files), so ``load_model``, ``segconvert eval``, ``export-on
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,24 @@ def _data_files(data: Any) -> list[Path]:
     return [Path(p) for p in files if p is not None]
 
 
+def _inference_config(trainer: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """The model config as the TEST phase runs it: a BatchNorm without ``use_global_stats`` in the prototxt
+    uses its (moving-average) statistics, as Caffe's TEST phase does; training used batch statistics."""
+    if getattr(trainer.net.model, "arch_name", None) != "caffe_generic":
+        return config
+    net = trainer.net.net
+    config = copy.deepcopy(config)
+    for spec in config.get("layers", []):
+        if spec["type"] == "BatchNorm" and spec["name"] in net:
+            p = net.layer(spec["name"]).param.batch_norm_param
+            spec["params"]["use_global_stats"] = bool(p.use_global_stats) if p.HasField("use_global_stats") else True
+    return config
+
+
 def snapshot_meta(trainer: Any, sources: list[dict[str, Any]], *, final: bool) -> dict[str, Any]:
     """The metadata of a snapshot of ``trainer`` now."""
     model = trainer.net.model
-    config = getattr(model, "config", {})
+    config = _inference_config(trainer, getattr(model, "config", {}))
     solver = trainer.solver
     values = {k: v for k, v in solver.to_dict().items() if k != "resolved_net"}
     arch = getattr(model, "arch_name", type(model).__name__)

@@ -1,0 +1,112 @@
+"""``segconvert predict``: label, colour and overlay PNGs of images from converted weights."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from segconvert.commands.evaluate import DATASET_CHOICE, _ProtocolChoice
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+
+
+def _images(paths: tuple[str, ...]) -> list[tuple[Path, str]]:
+    """(image file, output stem): files as given, folders' images (recursively, sorted) with relative stems."""
+    out: list[tuple[Path, str]] = []
+    for text in paths:
+        p = Path(text)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise click.UsageError(f"{p}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            out += [(f, str(f.relative_to(p).with_suffix(""))) for f in found]
+        else:
+            out.append((p, p.stem))
+    stems = [s for _, s in out]
+    dup = sorted({s for s in stems if stems.count(s) > 1})
+    if dup:
+        raise click.UsageError(f"several inputs would write the same output name(s): {', '.join(dup[:5])}")
+    return out
+
+
+@click.command("predict")
+@click.argument("weights", type=click.Path(exists=True, dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.option("--protocol", type=_ProtocolChoice(), default=None, help="Protocol preset (default: the weights').")
+@click.option("--dataset", type=DATASET_CHOICE, default=None, help="Preset sizes, palette and class names.")
+@click.option("--scales", default=None, help="'ss', 'ms' or comma-separated scales (default: the preset's).")
+@click.option("--flip/--no-flip", default=None, help="Flip augmentation (default: the preset's).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
+@click.option("--batch-size", type=int, default=None, help="Crops per forward (default: 8 on CUDA, 1 on CPU).")
+@click.option("--amp/--no-amp", default=None, help="Autocast: float16 on CUDA (default on), bfloat16 on CPU.")
+@click.option("--no-fuse", is_flag=True, help="Run the plain converted module (no BatchNorm folding).")
+@click.option("--show", is_flag=True, help="Print the classes present with their pixel shares.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def predict(
+    weights: str,
+    images: tuple[str, ...],
+    out_dir: str,
+    protocol: str | None,
+    dataset: str | None,
+    scales: str | None,
+    flip: bool | None,
+    device: str,
+    batch_size: int | None,
+    amp: bool | None,
+    no_fuse: bool,
+    show: bool,
+    quiet: bool,
+) -> None:
+    """Predict IMAGES (files or folders) with converted WEIGHTS: labels/, color/ and overlay/ PNGs in --out.
+
+    Preprocessing (channel order, mean / std) comes from the weights' metadata; images run at their own
+    resolution with the weights' protocol (padding to the input size, sliding windows when larger).
+    """
+    from tqdm import tqdm
+
+    from segconvert.eval.protocols import parse_scales
+    from segconvert.eval.runner import resolve_device
+    from segconvert.fileio import check_output_path
+    from segconvert.inference import predict as lib
+    from segconvert.weights.store import load_model, read_metadata
+
+    check_output_path(out_dir, directory=True)
+    files = _images(images)
+    meta = read_metadata(weights)
+    lib.image_input_check(meta, source=weights)
+    try:
+        dev = resolve_device(device)
+        scale_values = parse_scales(scales)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    model = load_model(weights, device=str(dev), fuse=not no_fuse)
+    palette = lib.palette_for(meta, dataset)
+    names = lib.class_names_for(meta, dataset)
+    bar = tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr, disable=quiet or len(files) < 2)
+    try:
+        for path, stem in files:
+            image = lib.load_image(path)
+            try:
+                proto = lib.model_protocol(
+                    meta, image.shape[:2], protocol, dataset=dataset, scales=scale_values, flip=flip
+                )
+            except ValueError as exc:
+                raise click.UsageError(str(exc)) from exc
+            pred = lib.predict(model, image, protocol=proto, device=dev, amp=amp, batch_size=batch_size)
+            lib.write_prediction(pred, image, out_dir, stem, palette)
+            if show:
+                rows: list[Any] = lib.legend(pred, names)
+                click.echo(f"{path}: {pred.shape[1]}x{pred.shape[0]}, {len(rows)} classes")
+                for cid, name, share in rows:
+                    click.echo(f"  {cid:>4}  {name:<24} {100 * share:6.2f}%")
+            bar.update(1)
+    finally:
+        bar.close()
+    click.echo(f"wrote {len(files)} prediction(s) to {out_dir} (labels/, color/, overlay/)", err=True)
+
+
+__all__ = ["predict"]
