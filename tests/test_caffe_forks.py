@@ -92,7 +92,9 @@ def test_pooling_mask_top_against_opencv(tmp_path, kernel, stride, pad):
     cv2 = pytest.importorskip("cv2")
     body = conv("c", "data", 4) + _pool(kernel, stride, pad) + _UNPOOL  # the mask top's reader
     proto, model, ours, x = _convert(tmp_path, body, shape=(1, 3, 7, 9))
-    net = cv2.dnn.readNetFromCaffe(str(proto), str(model))
+    cv_proto = tmp_path / "opencv.prototxt"  # OpenCV has no Upsample: the same net without the reader
+    cv_proto.write_text(net_text("t", (1, 3, 7, 9), conv("c", "data", 4) + _pool(kernel, stride, pad)))
+    net = cv2.dnn.readNetFromCaffe(str(cv_proto), str(model))
     net.setInput(x)
     ((values, mask),) = net.forwardAndRetrieve(["pool"])
     np.testing.assert_allclose(ours["pool/0"].numpy(), values, rtol=1e-5, atol=1e-5)

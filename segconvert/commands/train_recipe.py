@@ -18,14 +18,25 @@ RECIPE_KEYS = ("recipe", "overrides", "dataset", "root", "split", "resume", "val
 
 def recipe_options(f: Any) -> Any:
     options = [
-        click.option("--recipe", default=None, help="A training preset (see `segconvert recipes`), instead of --solver."),
+        click.option(
+            "--recipe", default=None, help="A training preset (see `segconvert recipes`), instead of --solver."
+        ),
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value."),
-        click.option("--dataset", type=click.Choice(["voc", "cityscapes", "ade20k"]), default=None,
-                     help="Training dataset (our loaders, released layout)."),  # fmt: skip
+        click.option(
+            "--dataset",
+            type=click.Choice(["voc", "cityscapes", "ade20k"]),
+            default=None,
+            help="Training dataset (our loaders, released layout).",
+        ),  # fmt: skip
         click.option("--root", type=click.Path(), default=None, help="Dataset root folder."),
         click.option("--split", default="train_aug", show_default=True, help="Training split."),
-        click.option("--resume", "resume", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help="Continue the run in folder OUT from its latest checkpoint (-o may be omitted)."),
+        click.option(
+            "--resume",
+            "resume",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            help="Continue the run in folder OUT from its latest checkpoint (-o may be omitted).",
+        ),
         click.option("--val-every", type=click.IntRange(min=0), default=0, help="Validate every N iterations."),
         click.option("--val-split", default="val", show_default=True, help="Validation split."),
         click.option("--val-protocol", default="whole", show_default=True, help="Validation protocol preset."),

@@ -87,7 +87,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
@@ -160,7 +162,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         found = latest_checkpoint(path)
         if found is None:
-            raise WeightsFileError("no training checkpoint (checkpoints/state_iter_<N>.pt) in the run folder", file=path)
+            raise WeightsFileError(
+                "no training checkpoint (checkpoints/state_iter_<N>.pt) in the run folder", file=path
+            )
         path = found
     if not path.is_file():
         raise WeightsFileError("no such training checkpoint", file=path)

@@ -56,7 +56,12 @@ class IterationRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        out = {"iter": self.iteration, "lr": self.lr, "loss": self.loss, **{f"loss/{k}": v for k, v in self.terms.items()}}
+        out = {
+            "iter": self.iteration,
+            "lr": self.lr,
+            "loss": self.loss,
+            **{f"loss/{k}": v for k, v in self.terms.items()},
+        }
         out["seconds"] = round(self.seconds, 6)
         out.update(self.extra)
         return out

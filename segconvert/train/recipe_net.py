@@ -132,7 +132,7 @@ def load_init(model: nn.Module, path: str | Path, std: float = 0.01, bias: float
             for what, names in (("missing", missing), ("unexpected", unexpected), ("shape differs", wrong))
             if names
         )
-        raise WeightsFileError(f"init weights do not fit the recipe's {model.config.get('depth')}-layer model: {detail}",
-                               file=path)  # fmt: skip
+        depth = model.config.get("depth")
+        raise WeightsFileError(f"init weights do not fit the recipe's {depth}-layer model: {detail}", file=path)
     model.load_state_dict(state, strict=False)
     return notes

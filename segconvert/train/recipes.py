@@ -119,7 +119,12 @@ def _coerce(key: str, raw: Any, old: Any) -> Any:
                 value = raw.split(",")
     ok = (
         (isinstance(old, bool) and isinstance(value, bool))
-        or (isinstance(old, int) and not isinstance(old, bool) and isinstance(value, int) and not isinstance(value, bool))
+        or (
+            isinstance(old, int)
+            and not isinstance(old, bool)
+            and isinstance(value, int)
+            and not isinstance(value, bool)
+        )
         or (isinstance(old, float) and isinstance(value, (int, float)) and not isinstance(value, bool))
         or (isinstance(old, str) and isinstance(value, str))
         or (isinstance(old, list) and isinstance(value, list))
