@@ -121,7 +121,8 @@ def test_errors_are_one_line(tmp_path):
     assert not (tmp_path / "y.safetensors").exists()
     res = subprocess.run(
         [sys.executable, "-m", "segconvert.cli", "keras2torch",
-         str(fixture_path("real", "fer_keras", "emotion_model.hdf5")), "-o", str(tmp_path / "z.safetensors")],
+         str(fixture_path("real", "fer_keras", "emotion_model.hdf5")), "--arch", "pspnet50",
+         "-o", str(tmp_path / "z.safetensors")],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert res.returncode == 2 and "not PSPNet-Keras" in res.stderr and not (tmp_path / "z.safetensors").exists()
