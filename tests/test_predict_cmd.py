@@ -39,10 +39,10 @@ def test_predict_folder_writes_labels_color_overlay_matching_the_protocol(setup)
         assert np.array_equal(np.array(color.getpalette()[:63]).reshape(21, 3), voc_palette(21))
         assert np.array_equal(np.asarray(color), lab)
         assert np.asarray(Image.open(out / "overlay" / f"{stem}.png")).shape == img.shape
-        # the label map is eval's deeplab-msc protocol on the fused model
+        # the label map is eval's deeplab-msc protocol (crop = the weights' input size 97) on the fused model
         model = segconvert.load_model(w, fuse=True)
         prep = Preprocessing.from_model(model)
-        scores = get_protocol("deeplab-msc", "voc", crop=513).predict(model, img, prep, Runtime())
+        scores = get_protocol("deeplab-msc", "voc", crop=97).predict(model, img, prep, Runtime())
         assert np.array_equal(lab, scores.argmax(0).numpy().astype(np.uint8))
     assert "classes" in stdout and "%" in stdout
     assert np.array_equal(

@@ -208,3 +208,13 @@ def _deeplabv2_voc12() -> Recipe:
 
 
 register_recipe(_deeplabv2_voc12())
+
+
+def _register_pspnet() -> None:
+    from .pspnet_presets import pspnet_recipes  # the PSPNet presets (issue 12); their own module
+
+    for r in pspnet_recipes():
+        register_recipe(r)
+
+
+_register_pspnet()
