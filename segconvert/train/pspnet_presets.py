@@ -26,16 +26,21 @@ def _semseg(dataset: str, crop: int, epochs: int, classes: int, cfg: str) -> Rec
         "solver.momentum": v(0.9, f"{cfg}: TRAIN.momentum"),
         "solver.weight_decay": v(1e-4, f"{cfg}: TRAIN.weight_decay (SGD weight_decay: every parameter)"),
         "solver.power": v(0.9, f"{cfg}: TRAIN.power"),
-        "solver.schedule": v("poly_after_step", f"{train}: poly_learning_rate(base_lr, current_iter, max_iter) "
-                             "set after optimizer.step(); current_iter = epoch*len(loader)+i+1"),  # fmt: skip
+        "solver.schedule": v(
+            "poly_after_step",
+            f"{train}: poly_learning_rate(base_lr, current_iter, max_iter) "
+            "set after optimizer.step(); current_iter = epoch*len(loader)+i+1",
+        ),  # fmt: skip
         "solver.epochs": v(epochs, f"{cfg}: TRAIN.epochs (max_iter = epochs * len(train_loader))"),
         "solver.head_lr_mult": v(10.0, f"{train}: modules_new ppm, cls, aux at base_lr * 10"),
         "solver.backbone_lr_mult": v(1.0, f"{train}: modules_ori layer0..layer4 at base_lr"),
         "data.batch_size": v(16, f"{cfg}: TRAIN.batch_size (global; per GPU = batch_size / ngpus_per_node)"),
         "data.drop_last": v(True, f"{train}: DataLoader(drop_last=True)"),
         "data.pipeline": v("semseg", f"{train}: train_transform"),
-        "data.order": v(["RandScale", "RandRotate", "RandomGaussianBlur", "RandomHorizontalFlip", "Crop", "Normalize"],
-                        f"{train}: transform.Compose([...]) order (ToTensor before Normalize)"),  # fmt: skip
+        "data.order": v(
+            ["RandScale", "RandRotate", "RandomGaussianBlur", "RandomHorizontalFlip", "Crop", "Normalize"],
+            f"{train}: transform.Compose([...]) order (ToTensor before Normalize)",
+        ),  # fmt: skip
         "data.crop_size": v([crop, crop], f"{cfg}: TRAIN.train_h, train_w"),
         "data.scale_range": v([0.5, 2.0], f"{cfg}: TRAIN.scale_min, scale_max"),
         "data.rotate_range": v([-10.0, 10.0], f"{cfg}: TRAIN.rotate_min, rotate_max"),
@@ -65,7 +70,10 @@ def _semseg(dataset: str, crop: int, epochs: int, classes: int, cfg: str) -> Rec
 def _l2sp(dataset: str, crop: int, rate2: float, max_iter: int, mode: int, classes: int, cmd: str) -> Recipe:
     v = RecipeValue
     tr, rd, nb = "train.py", "database/reader_segmentation.py", "model/network_base.py"
-    means = {"cityscapes": [72.41519599, 82.93553322, 73.18188461], "ade20k": [122.67891434, 116.66876762, 104.00698793]}
+    means = {
+        "cityscapes": [72.41519599, 82.93553322, 73.18188461],
+        "ade20k": [122.67891434, 116.66876762, 104.00698793],
+    }
     values = {
         "solver.optimizer": v("tf_momentum", f"{nb}: tf.train.MomentumOptimizer(lrn_rate, 0.9)"),
         "solver.base_lr": v(0.01, f"{tr}: --lrn_rate default"),
@@ -80,8 +88,10 @@ def _l2sp(dataset: str, crop: int, rate2: float, max_iter: int, mode: int, class
         "l2sp.only": v("conv_kernels", f"{nb}: _decay sums tf.nn.l2_loss over variables named 'weights'"),
         "data.batch_size": v(16, f"{cmd} (batch_size x gpu_num)"),
         "data.pipeline": v("l2sp", f"{rd}: generate_crops_for_training"),
-        "data.order": v(["TFColorJitter", "Normalize", "RandomHorizontalFlip", "TFScale", "TFRotateNearest", "Crop"],
-                        f"{rd}: generate_crops_for_training order"),  # fmt: skip
+        "data.order": v(
+            ["TFColorJitter", "Normalize", "RandomHorizontalFlip", "TFScale", "TFRotateNearest", "Crop"],
+            f"{rd}: generate_crops_for_training order",
+        ),  # fmt: skip
         "data.color_jitter": v(True, f"{rd}: random_blur (brightness 63/255, saturation 0.5-1.5, contrast 0.2-1.8)"),
         "data.crop_size": v([crop, crop], f"{cmd} (--train_image_size)"),
         "data.scale_range": v([0.5, 2.0], f"{tr}: --scale_min, --scale_max defaults"),
