@@ -91,6 +91,9 @@ def test_bf16_autocast_on_cpu_within_stated_tolerance(weights):
         for m in (plain, fused):
             with autocast("cpu", dtype):
                 got = head(m)(x)
+            # autocast runs the convolutions in bf16; the unfused net's FrozenBatchNorm (mul + add with float32
+            # buffers) promotes back to float32, so its head ends in float32; the fused head stays bf16 throughout
+            assert got.dtype == (torch.bfloat16 if m is fused else torch.float32)
             d = got.float() - ref
             errs.append(float(d.pow(2).mean().sqrt() / ref.pow(2).mean().sqrt()))
             assert d.abs().max() <= 0.05 * ref.abs().max()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -206,3 +207,22 @@ def test_weights_only_needs_config_and_unwritable_output(tmp_path, small_h5):
     assert "--config" in _refused(tmp_path, w, "--generic")
     code, _, err = run_cli("keras2torch", small_h5, "-o", "/sys/o.safetensors")
     assert code == 2 and "/sys/o.safetensors" in err and err.count("\n") == 1
+
+
+def test_output_paths_are_checked_before_the_input_is_read(tmp_path):
+    """Unwritable weights, sidecar or --emit-source: one line naming that path, exit 2, before any conversion (a
+    corrupt input is not even opened, so the output path is what gets reported)."""
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 8)
+    code, _, err = run_cli("keras2torch", junk, "-o", "/sys/x.safetensors")
+    assert code == 2 and err.count("\n") == 1 and "/sys/x.safetensors" in err and "junk.h5" not in err, err
+    assert not Path("/sys/x.safetensors").exists()
+    blocker = tmp_path / "plain.txt"
+    blocker.write_text("a regular file")
+    out = tmp_path / "o.safetensors"
+    code, _, err = run_cli("keras2torch", junk, "-o", out, "--emit-source", blocker / "net.py")
+    assert code == 2 and err.count("\n") == 1 and str(blocker / "net.py") in err and "junk.h5" not in err, err
+    (tmp_path / "o.safetensors.json").mkdir()  # the sidecar path is a folder
+    code, _, err = run_cli("keras2torch", junk, "-o", out)
+    assert code == 2 and err.count("\n") == 1 and "o.safetensors.json" in err and "junk.h5" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.h5", "o.safetensors.json", "plain.txt"]

@@ -147,6 +147,17 @@ CASES = [
         ),
     ),  # fmt: skip
     ("rescaling", (5, 5, 3), lambda L, x: L.Rescaling(1 / 127.5, offset=-1)(x)),
+    (
+        "dot_3d_axes",
+        (5, 4),
+        lambda L, x: [
+            L.Dot(axes=2)([x, L.Dense(4)(x)]),  # (N, 5, 5)
+            L.Dot(axes=(1, 1), normalize=True)([x, L.Dense(3)(x)]),  # (N, 4, 3)
+            L.Dot(axes=(2, 1))([x, L.Permute((2, 1))(L.Dense(4)(x))]),  # (N, 5, 5)
+            L.Dot(axes=-1)([L.Flatten()(x), L.Dense(20)(L.Flatten()(x))]),  # 2-D: (N, 1)
+            L.Dot(axes=1, normalize=True)([L.Dense(7)(L.Flatten()(x)), L.Dense(7)(L.Flatten()(x))]),
+        ],
+    ),  # fmt: skip
 ]
 
 

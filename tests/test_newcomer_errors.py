@@ -240,7 +240,7 @@ def test_inspect_table_fits_the_terminal_width(monkeypatch):
 
 
 def test_verify_without_a_runtime_gives_one_install_line(monkeypatch):
-    from segconvert.commands.verify import RuntimeUse, VerifyResult
+    from segconvert.parity.verify_common import RuntimeUse, VerifyResult
 
     result = VerifyResult(Path("w.safetensors"), "pspnet50", "synthetic")
     result.runtimes = [
@@ -264,7 +264,7 @@ def test_verify_without_tf_keras_says_what_to_install_instead_of_crashing_mid_gr
     pytest.importorskip("tensorflow")
     pytest.importorskip("tf_slim")
     from segconvert.commands.convert_tf import convert_slim_files
-    from segconvert.commands.verify import verify_tf_graph
+    from segconvert.parity.verify_tf import verify_tf_graph
 
     prefix = fixture_path("tf", "slim_resnet_v1_50_os8") / "model.ckpt"
     out = tmp_path / "r50.safetensors"

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from segconvert.commands.verify import _budget, classify_sources
 from segconvert.errors import SegconvertError
+from segconvert.parity.verify import classify_sources
+from segconvert.parity.verify_caffe import _budget
 from segconvert.testing import fixture_path
 from segconvert.weights.store import read_metadata, save_converted
 from tests.cli_runner import run_cli, run_process

@@ -41,3 +41,79 @@ class ExistingPath(click.ParamType):
         if not self.folder and path.is_dir():
             raise SegconvertError(f"{what}is a folder, expected a file", file=path)
         return path
+
+
+# ------------------------------------------------------------------- options shared by eval, predict, reproduce
+
+DATASET_CHOICE = click.Choice(["voc", "cityscapes", "ade20k"], case_sensitive=False)
+
+
+class ProtocolChoice(click.Choice):
+    """``click.Choice`` over the protocol presets, read on first use: importing them imports torch, which
+    ``segconvert --help`` (it imports every command module) should not pay for."""
+
+    def __init__(self) -> None:
+        super().__init__((), case_sensitive=False)
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        from segconvert.eval.protocols import PROTOCOLS
+
+        return tuple(PROTOCOLS)
+
+    @choices.setter
+    def choices(self, value: Any) -> None:  # click.Choice.__init__ assigns it; the presets are the choices
+        pass
+
+
+def preprocessing_options(f: Any) -> Any:
+    """``--mean``, ``--std``, ``--bgr/--rgb`` (keyword arguments ``mean``, ``std``, ``bgr``)."""
+    for opt in reversed(
+        [
+            click.option(
+                "--mean", default=None, help="Mean pixel (0-255, in the input's channel order), e.g. 104,117,123."
+            ),
+            click.option("--std", default=None, help="Per-channel std (0-255 scale), e.g. 58.4,57.1,57.4."),
+            click.option(
+                "--bgr/--rgb", "bgr", default=None, help="Channel order the net takes (default: the weights')."
+            ),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+def _three_floats(text: str, name: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not three comma-separated numbers", param_hint=name) from None
+    if len(values) != 3:
+        raise click.BadParameter(f"{text!r}: give three values (one per channel)", param_hint=name)
+    return values
+
+
+def resolve_preprocessing(
+    weights: Any, meta: dict[str, Any], mean: str | None, std: str | None, bgr: bool | None, recorded: Any = None
+) -> Any:
+    """The input normalisation: ``recorded`` (default: the metadata's ``preprocessing``) with the values of
+    :func:`preprocessing_options` replacing its parts. None recorded and no ``--mean``: a one-line error."""
+    from segconvert.errors import WeightsFileError
+    from segconvert.eval.protocols import Preprocessing
+
+    base = dict((meta.get("preprocessing") if recorded is None else recorded) or {})
+    if not base and mean is None:
+        raise WeightsFileError(
+            f"the weights record no input preprocessing ({meta.get('arch', '?')} conversion; channel order, "
+            "mean and std are missing): give them, e.g. --bgr --mean 104.008,116.669,122.675 [--std S1,S2,S3]",
+            file=weights,
+            key="preprocessing",
+        )
+    if mean is not None:
+        base["mean"] = _three_floats(mean, "--mean")
+    if std is not None:
+        base["std"] = _three_floats(std, "--std")
+    if bgr is not None:
+        base["channel_order"] = "BGR" if bgr else "RGB"
+    base.setdefault("channel_order", "RGB")
+    return Preprocessing.from_meta(base)

@@ -16,7 +16,7 @@ from segconvert.commands._args import ExistingPath
 from segconvert.commands.convert_tf import _FORMAT, _KEEP, _OUTPUT, _PARITY, _finish, print_report
 from segconvert.errors import ConversionError
 
-__all__ = ["keras2torch", "convert_keras_files", "convert_keras_generic_files"]
+__all__ = ["keras2torch", "convert_keras_files", "convert_keras_generic_files", "check_keras_outputs"]
 
 
 def _is_pspnet_keras(path: Path) -> bool:
@@ -55,6 +55,17 @@ def convert_keras_files(
     return report
 
 
+def check_keras_outputs(output: Path, fmt: str | None = None, emit_source: Path | None = None) -> None:
+    """Before any reading or conversion: the weights, their ``<out>.json`` sidecar and ``--emit-source`` can be
+    written (raises :class:`~segconvert.errors.OutputPathError` naming the path)."""
+    from segconvert.fileio import check_output_path
+    from segconvert.weights.store import check_weights_output
+
+    check_weights_output(output, fmt)
+    if emit_source is not None:
+        check_output_path(emit_source)
+
+
 def _preprocessing(mean, std, scale, channel_order) -> dict[str, Any]:
     return {
         "channel_order": channel_order,
@@ -79,13 +90,11 @@ def convert_keras_generic_files(
     """The generic keras2torch job: check outputs, convert, optional parity, write weights (+ source)."""
     from segconvert.converters.keras_codegen import emit_source as emit
     from segconvert.converters.keras_generic import convert_keras_generic
-    from segconvert.fileio import atomic_write, check_output_path
+    from segconvert.fileio import atomic_write
     from segconvert.weights.provenance import source_entry
     from segconvert.weights.store import save_converted
 
-    check_output_path(output)
-    if emit_source is not None:
-        check_output_path(emit_source)
+    check_keras_outputs(output, fmt, emit_source)
     t0 = time.perf_counter()
     conv = convert_keras_generic(path, config, nhwc=nhwc)
     conv.preprocessing = preprocessing or _preprocessing(None, None, 1.0, "RGB")
@@ -224,6 +233,7 @@ def keras2torch(
 ) -> None:
     """Convert a Keras model to PyTorch: full-model .h5, Keras 3 .keras, or weights (.h5 / .weights.h5) with
     --config arch.json. PSPNet-Keras weights keep their named mapping unless --generic."""
+    check_keras_outputs(output, fmt, emit_source)  # before the file is even opened
     generic = generic or arch == "generic"
     named = not generic and config is None and _is_pspnet_keras(h5)
     if arch in ("pspnet50", "pspnet101") and not named:

@@ -74,6 +74,8 @@ def torch2torch(checkpoint: Path, output: Path, layout: str, fmt: str | None) ->
         click.echo("dropped (not used by the model): " + ", ".join(f"{n} ({why})" for n, why in shown) + more)
     for note in conv.notes:
         click.echo(f"note: {note}")
+    from segconvert.commands.convert_caffe import describe_preprocessing
+
     pre = meta["preprocessing"]
-    click.echo(f"expects: {pre['channel_order']} input, 0-255, minus mean {pre['mean']}, std {pre['std']}")
+    click.echo(f"expects: {describe_preprocessing(pre)}")
     click.echo(f"wrote {report['output']} (+ .json sidecar) in {report['timings']['total']:.2f}s")

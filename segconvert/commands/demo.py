@@ -71,7 +71,7 @@ def demo(out_dir: Path | None, depth: str, width_divisor: int) -> None:
 
 def _reference_parity(proto: Path, caffemodel: Path, model: Any, meta: dict[str, Any], x: np.ndarray) -> bool:
     """Where an independent Caffe runtime is installed, compare every mapped layer with it; False if over."""
-    from segconvert.commands.verify import verify_caffe
+    from segconvert.parity.verify_caffe import verify_caffe
 
     t0 = time.perf_counter()
     runtimes, unchecked, notes = verify_caffe(model, meta, proto, caffemodel, x)

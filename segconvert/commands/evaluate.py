@@ -9,47 +9,13 @@ from typing import Any
 
 import click
 
-from segconvert.commands._args import ExistingPath
-
-DATASET_CHOICE = click.Choice(["voc", "cityscapes", "ade20k"], case_sensitive=False)
-
-
-class _ProtocolChoice(click.Choice):
-    """``click.Choice`` over the protocol presets, read on first use: importing them imports torch, which
-    ``segconvert --help`` (it imports every command module) should not pay for."""
-
-    def __init__(self) -> None:
-        super().__init__((), case_sensitive=False)
-
-    @property  # type: ignore[override]
-    def choices(self) -> tuple[str, ...]:
-        from segconvert.eval.protocols import PROTOCOLS
-
-        return tuple(PROTOCOLS)
-
-    @choices.setter
-    def choices(self, value: Any) -> None:  # click.Choice.__init__ assigns it; the presets are the choices
-        pass
-
-
-def _default_protocol(meta: dict[str, Any]) -> str:
-    """The source's own protocol for the known families; ``whole`` (no assumption) otherwise."""
-    arch = str(meta.get("arch", ""))
-    if arch.startswith("deeplab"):
-        return "deeplab-msc"
-    if arch.startswith("pspnet"):
-        fmt = str((meta.get("source") or {}).get("format", ""))
-        return "semseg" if fmt in ("pytorch", "pth", "semseg") else "pspnet"
-    return "whole"
-
-
-def _crop_from_meta(meta: dict[str, Any]) -> int | None:
-    size = meta.get("input_size")
-    if isinstance(size, (list, tuple)) and size and size[0]:
-        return int(size[0])
-    if isinstance(size, int):
-        return size
-    return None
+from segconvert.commands._args import (
+    DATASET_CHOICE,
+    ExistingPath,
+    ProtocolChoice,
+    preprocessing_options,
+    resolve_preprocessing,
+)
 
 
 def _emit(result: Any, as_json: bool, extra: dict[str, Any] | None = None) -> None:
@@ -129,36 +95,8 @@ def _check_model_fits(weights: str, meta: dict[str, Any], ds: Any) -> None:
 
 
 def _preprocessing(weights: str, meta: dict[str, Any], mean: str | None, std: str | None, order: str | None) -> Any:
-    """The input normalisation: the weights' metadata, with --mean/--std/--bgr/--rgb replacing its parts.
-    A conversion that recorded none (generic Caffe nets) needs --mean (and --bgr/--rgb) or is refused."""
-    from segconvert.errors import WeightsFileError
-    from segconvert.eval.protocols import Preprocessing
-
-    def floats(text: str, name: str) -> list[float]:
-        try:
-            values = [float(v) for v in text.replace(" ", "").split(",")]
-        except ValueError:
-            raise click.BadParameter(f"{text!r} is not three comma-separated numbers", param_hint=name) from None
-        if len(values) != 3:
-            raise click.BadParameter(f"{text!r}: give three values (one per channel)", param_hint=name)
-        return values
-
-    recorded = dict(meta.get("preprocessing") or {})
-    if not recorded and mean is None:
-        raise WeightsFileError(
-            f"the weights record no input preprocessing ({meta.get('arch', '?')} conversion; channel order, "
-            "mean and std are missing): give them, e.g. --bgr --mean 104.008,116.669,122.675 [--std S1,S2,S3]",
-            file=weights,
-            key="preprocessing",
-        )
-    if mean is not None:
-        recorded["mean"] = floats(mean, "--mean")
-    if std is not None:
-        recorded["std"] = floats(std, "--std")
-    if order is not None:
-        recorded["channel_order"] = order
-    recorded.setdefault("channel_order", "RGB")
-    return Preprocessing.from_meta(recorded)
+    """:func:`segconvert.commands._args.resolve_preprocessing` with ``order`` 'BGR' / 'RGB' / None."""
+    return resolve_preprocessing(weights, meta, mean, std, None if order is None else order.upper() == "BGR")
 
 
 def _run(model: Any, ds: Any, proto: Any, dev: Any, run: dict[str, Any], preprocessing: Any = None) -> Any:
@@ -182,6 +120,8 @@ def _run(model: Any, ds: Any, proto: Any, dev: Any, run: dict[str, Any], preproc
         progress=not run["quiet"],
         time_network=bool(run.get("benchmark")),
     )
+    report = getattr(model, "segconvert_fuse", None)
+    result.info["fused_layers"] = len(report.folded) if report is not None else 0  # 0: the plain module ran
     if run.get("benchmark"):
         from segconvert.eval.runner import timing_split
 
@@ -197,14 +137,12 @@ def _run(model: Any, ds: Any, proto: Any, dev: Any, run: dict[str, Any], preproc
 @click.option("--dataset", type=DATASET_CHOICE, required=True, help="Dataset in its released layout.")
 @click.option("--root", type=click.Path(), required=True, help="Dataset root folder.")
 @click.option("--split", default="val", show_default=True)
-@click.option("--protocol", type=_ProtocolChoice(), default=None, help="Inference protocol preset.")
+@click.option("--protocol", type=ProtocolChoice(), default=None, help="Inference protocol preset.")
 @click.option("--scales", default=None, help="'ss', 'ms' or comma-separated scales (default: the preset's).")
 @click.option("--flip/--no-flip", default=None, help="Flip augmentation (default: the preset's).")
 @click.option("--crop", type=int, default=None, help="Crop size (default: the weights' input size / preset).")
 @click.option("--base-size", type=int, default=None, help="Base size of the scale rule (pspnet/semseg).")
-@click.option("--mean", default=None, help="Mean pixel (0-255, in the input's channel order), e.g. 104,117,123.")
-@click.option("--std", default=None, help="Per-channel std (0-255 scale), e.g. 58.4,57.1,57.4.")
-@click.option("--bgr/--rgb", "bgr", default=None, help="Channel order the net takes (default: the weights').")
+@preprocessing_options
 @_run_options
 def eval_cmd(
     weights: str,
@@ -227,6 +165,7 @@ def eval_cmd(
     The input normalisation is the one the weights record; --mean/--std/--bgr/--rgb replace it (and are
     needed for conversions that record none, such as generic Caffe nets)."""
     from segconvert.eval.datasets import get_dataset
+    from segconvert.inference.predict import crop_from_meta, default_protocol_name
 
     dataset = dataset.lower()
     _check_save_pred(run)
@@ -234,11 +173,11 @@ def eval_cmd(
     model, dev = _load_model(weights, run["device"])
     meta = getattr(model, "segconvert_meta", {}) or {}
     _check_model_fits(weights, meta, ds)  # before any forward pass
-    prep = _preprocessing(weights, meta, mean, std, None if bgr is None else "BGR" if bgr else "RGB")
-    name = protocol or _default_protocol(meta)
+    prep = resolve_preprocessing(weights, meta, mean, std, bgr)
+    name = protocol or default_protocol_name(meta)
     overrides: dict[str, Any] = {}
     if name in ("pspnet", "semseg", "deeplab-msc", "mmseg-slide"):
-        overrides["crop"] = crop or (_crop_from_meta(meta) if name != "mmseg-slide" else None)
+        overrides["crop"] = crop or (crop_from_meta(meta) if name != "mmseg-slide" else None)
     if base_size and name in ("pspnet", "semseg"):
         overrides["base_size"] = base_size
     proto = _make_protocol(name, dataset, scales, flip, **overrides)

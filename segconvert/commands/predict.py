@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from segconvert.commands.evaluate import DATASET_CHOICE, _ProtocolChoice
+from segconvert.commands._args import DATASET_CHOICE, ProtocolChoice, preprocessing_options, resolve_preprocessing
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -36,7 +36,7 @@ def _images(paths: tuple[str, ...]) -> list[tuple[Path, str]]:
 @click.argument("weights", type=click.Path(exists=True, dir_okay=False))
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output folder.")
-@click.option("--protocol", type=_ProtocolChoice(), default=None, help="Protocol preset (default: the weights').")
+@click.option("--protocol", type=ProtocolChoice(), default=None, help="Protocol preset (default: the weights').")
 @click.option("--dataset", type=DATASET_CHOICE, default=None, help="Preset sizes, palette and class names.")
 @click.option("--scales", default=None, help="'ss', 'ms' or comma-separated scales (default: the preset's).")
 @click.option("--flip/--no-flip", default=None, help="Flip augmentation (default: the preset's).")
@@ -44,6 +44,7 @@ def _images(paths: tuple[str, ...]) -> list[tuple[Path, str]]:
 @click.option("--batch-size", type=int, default=None, help="Crops per forward (default: 8 on CUDA, 1 on CPU).")
 @click.option("--amp/--no-amp", default=None, help="Autocast: float16 on CUDA (default on), bfloat16 on CPU.")
 @click.option("--no-fuse", is_flag=True, help="Run the plain converted module (no BatchNorm folding).")
+@preprocessing_options
 @click.option("--show", is_flag=True, help="Print the classes present with their pixel shares.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(
@@ -58,6 +59,9 @@ def predict(
     batch_size: int | None,
     amp: bool | None,
     no_fuse: bool,
+    mean: str | None,
+    std: str | None,
+    bgr: bool | None,
     show: bool,
     quiet: bool,
 ) -> None:
@@ -65,6 +69,8 @@ def predict(
 
     Preprocessing (channel order, mean / std) comes from the weights' metadata; images run at their own
     resolution with the weights' protocol (padding to the input size, sliding windows when larger).
+    --mean/--std/--bgr/--rgb replace the recorded normalisation (and give one to nets that record none,
+    such as generic Caffe conversions).
     """
     from tqdm import tqdm
 
@@ -83,6 +89,10 @@ def predict(
         scale_values = parse_scales(scales)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    recorded = lib.recorded_preprocessing(meta)
+    prep = None  # the weights' own (segconvert.inference.predict)
+    if recorded is None or mean is not None or std is not None or bgr is not None:
+        prep = resolve_preprocessing(weights, meta, mean, std, bgr, recorded=recorded or {})
     model = load_model(weights, device=str(dev), fuse=not no_fuse)
     palette = lib.palette_for(meta, dataset)
     names = lib.class_names_for(meta, dataset)
@@ -96,7 +106,9 @@ def predict(
                 )
             except ValueError as exc:
                 raise click.UsageError(str(exc)) from exc
-            pred = lib.predict(model, image, protocol=proto, device=dev, amp=amp, batch_size=batch_size)
+            pred = lib.predict(
+                model, image, protocol=proto, preprocessing=prep, device=dev, amp=amp, batch_size=batch_size
+            )
             lib.write_prediction(pred, image, out_dir, stem, palette)
             if show:
                 rows: list[Any] = lib.legend(pred, names)

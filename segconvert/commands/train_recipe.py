@@ -49,7 +49,9 @@ def recipe_options(f: Any) -> Any:
 
 
 def wants_recipe(args: dict[str, Any], solver: Path | None) -> bool:
-    return bool(args.get("recipe")) or (solver is None and bool(args.get("resume")))
+    """A recipe run, or ``--resume OUT`` of one (its ``run.json``); ``--resume`` of a ``--solver`` run is not."""
+    resume = args.get("resume")
+    return bool(args.get("recipe")) or (solver is None and resume is not None and (Path(resume) / "run.json").is_file())
 
 
 def run_recipe_cli(

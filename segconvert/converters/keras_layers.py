@@ -8,136 +8,32 @@ layout each input needs (``nc``: channels at dim 1, ``keras``: as Keras holds it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 
-__all__ = ["LayerSpec", "Unsupported", "translate", "SUPPORTED", "IDENTITY_LAYERS", "keras1_normalise"]
+from .keras_layer_spec import (
+    IDENTITY_LAYERS,
+    Ctx,
+    LayerSpec,
+    Unsupported,
+    _act_name,
+    _f32,
+    _image,
+    _pair,
+    act_spec,
+    keras1_normalise,
+)
+from .keras_layers_shape import SHAPE_TABLE
 
-
-class Unsupported(Exception):
-    """The layer (class or configuration) has no exact PyTorch module here."""
-
-
-@dataclass
-class LayerSpec:
-    ctor: str
-    args: list[Any] = field(default_factory=list)
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    layouts: list[str | None] | None = None
-    out_layout: str | None = None
-    out_ranks: list[int] | None = None
-    state: dict[str, np.ndarray] = field(default_factory=dict)
-    activation: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-IDENTITY_LAYERS = (
-    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise", "GaussianDropout",
-    "AlphaDropout", "ActivityRegularization",
-)  # fmt: skip
-_MERGE = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Average": "average", "Maximum": "maximum",
-          "Minimum": "minimum"}  # fmt: skip
-_K1_MERGE = {"sum": "add", "mul": "multiply", "ave": "average", "max": "maximum"}
-_K1_CLASSES = {"Convolution1D": "Conv1D", "Convolution2D": "Conv2D", "Convolution3D": "Conv3D",
-               "AtrousConvolution2D": "Conv2D", "AtrousConvolution1D": "Conv1D",
-               "SeparableConvolution2D": "SeparableConv2D", "Deconvolution2D": "Conv2DTranspose"}  # fmt: skip
-_ACTS = {"relu": ("nn.ReLU", []), "relu6": ("nn.ReLU6", []), "sigmoid": ("nn.Sigmoid", []), "tanh": ("nn.Tanh", []),
-         "softplus": ("nn.Softplus", []), "softsign": ("nn.Softsign", []), "swish": ("nn.SiLU", []),
-         "silu": ("nn.SiLU", []), "gelu": ("nn.GELU", []), "elu": ("nn.ELU", []), "selu": ("nn.SELU", []),
-         "linear": ("nn.Identity", []), "leaky_relu": ("nn.LeakyReLU", [0.2]), "mish": ("nn.Mish", [])}  # fmt: skip
-_ARG_ACTS = (*_ACTS, "hard_sigmoid", "softmax", "log_softmax")
-
-
-def _f32(v: Any) -> float:
-    """A float32 config value as the shortest decimal of that float32 (0.1, not 0.10000000149011612)."""
-    return float(str(np.float32(v)))
-
-
-def _pair(v: Any, n: int) -> list[int]:
-    if isinstance(v, int | float):
-        return [int(v)] * n
-    v = [int(x) for x in v]
-    return v * n if len(v) == 1 else v
-
-
-def keras1_normalise(cls: str, cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Keras 1 class and config keys -> their Keras 2 equivalents (one to one)."""
-    c = dict(cfg)
-    cls = _K1_CLASSES.get(cls, cls)
-    ren = {"nb_filter": "filters", "border_mode": "padding", "subsample": "strides", "atrous_rate": "dilation_rate",
-           "output_dim": "units", "bias": "use_bias", "subsample_length": "strides", "pool_length": "pool_size",
-           "stride": "strides", "filter_length": "kernel_size", "concat_axis": "axis", "p": "rate"}  # fmt: skip
-    for old, new in ren.items():
-        if old in c and new not in c:
-            c[new] = c.pop(old)
-    if "nb_row" in c and "kernel_size" not in c:
-        c["kernel_size"] = [c.pop("nb_row"), c.pop("nb_col")]
-    if "dim_ordering" in c and "data_format" not in c:
-        c["data_format"] = "channels_first" if c["dim_ordering"] == "th" else "channels_last"
-    if c.get("padding") == "full":
-        raise Unsupported("border_mode 'full'")
-    return cls, c
-
-
-def _act_name(v: Any) -> str:
-    if isinstance(v, dict):  # Keras 3 serialised function
-        v = v.get("config") if isinstance(v.get("config"), str) else v.get("class_name")
-    return str(v or "linear")
-
-
-def act_spec(name: str, dim: int, hard_slope: float) -> tuple[str, list[Any]]:
-    """(constructor, args) of an activation module."""
-    if name == "softmax":
-        return "nn.Softmax", [dim]
-    if name == "log_softmax":
-        return "nn.LogSoftmax", [dim]
-    if name == "hard_sigmoid":
-        return "HardSigmoid", [hard_slope]
-    if name not in _ACTS:
-        raise Unsupported(f"activation {name!r}")
-    return _ACTS[name]
-
-
-class Ctx:
-    """What :func:`translate` knows about one layer call."""
-
-    def __init__(self, cls, cfg, ranks, layouts, weights, hard_slope, channels_first_file=False) -> None:
-        self.cls, self.cfg, self.ranks, self.layouts = cls, cfg, ranks, layouts
-        self.weights, self.hard_slope = weights, hard_slope
-
-    def axis(self, a: int, rank: int, layout: str | None) -> int:
-        """Internal dim of Keras axis ``a`` for a tensor of ``rank`` held in ``layout``."""
-        a = a % rank
-        if layout != "nc" or rank < 3:
-            return a
-        return 1 if a == rank - 1 else a if a == 0 else a + 1
-
-    def take(self, names: list[str]) -> dict[str, np.ndarray]:
-        """The layer's weights named ``names`` (by name where the file names them, else in order)."""
-        w = self.weights
-        if w and all(n is not None for n, _ in w):
-            got = {n: a for n, a in w}
-            if sorted(got) != sorted(names):
-                raise ValueError(f"weights {sorted(got)} do not fit the config (expects {names})")
-            return got
-        if len(w) != len(names):
-            raise ValueError(f"{len(w)} weight arrays, the config needs {len(names)} ({names})")
-        return {n: a for n, (_, a) in zip(names, w, strict=True)}
-
-    def activation(self, spec: LayerSpec, layout: str | None) -> LayerSpec:
-        name = _act_name(self.cfg.get("activation"))
-        if name != "linear":
-            if name not in _ARG_ACTS:
-                raise Unsupported(f"activation {name!r}")
-            rank = (spec.out_ranks or self.ranks)[0]
-            spec.activation = {"name": name, "dim": self.axis(-1, rank, layout), "hard_slope": self.hard_slope}
-        return spec
-
-
-def _image(cfg: dict[str, Any]) -> str:
-    return "keras" if cfg.get("data_format") == "channels_first" else "nc"
+__all__ = [
+    "LayerSpec",
+    "Unsupported",
+    "Ctx",
+    "translate",
+    "SUPPORTED",
+    "IDENTITY_LAYERS",
+    "keras1_normalise",
+    "act_spec",
+]
 
 
 def _conv(c: Ctx) -> LayerSpec:
@@ -297,129 +193,6 @@ def _activation_layer(c: Ctx) -> LayerSpec:
     raise Unsupported()
 
 
-def _pool(c: Ctx) -> LayerSpec:
-    cfg, rank = c.cfg, c.ranks[0] - 2
-    lay = _image(cfg)
-    k = _pair(cfg.get("pool_size", 2), rank)
-    s = _pair(cfg.get("strides") or k, rank)
-    pad = str(cfg.get("padding", "valid")).lower()
-    mode = "max" if c.cls.startswith("Max") else "avg"
-    if pad == "valid" and rank <= 2:
-        ctor = f"nn.{'Max' if mode == 'max' else 'Avg'}Pool{rank}d"
-        return LayerSpec(ctor, [k, s], {}, [lay], lay)
-    return LayerSpec("Pool", [mode, k, s], {"padding": pad}, [lay], lay)
-
-
-def _global_pool(c: Ctx) -> LayerSpec:
-    keep = bool(c.cfg.get("keepdims", False))
-    lay = _image(c.cfg)
-    mode = "max" if "Max" in c.cls else "avg"
-    return LayerSpec("GlobalPool", [mode], {"keepdims": keep}, [lay], lay, [c.ranks[0] if keep else 2])
-
-
-def _resize(c: Ctx) -> LayerSpec:
-    cfg, cls = c.cfg, c.cls
-    lay = _image(cfg)
-    interp = str(cfg.get("interpolation", "nearest" if cls.startswith("UpSampling") else "bilinear"))
-    if cls.startswith("UpSampling"):
-        rank = c.ranks[0] - 2
-        size = _pair(cfg.get("size", 2), rank)
-        if interp not in ("nearest", "bilinear") or (interp == "bilinear" and rank != 2):
-            raise Unsupported(f"interpolation {interp!r}")
-        return LayerSpec("Resize", [interp], {"scale": size}, [lay], lay)
-    if cls == "BilinearUpsampling":
-        if cfg.get("output_size"):
-            kw = {"size": [int(v) for v in cfg["output_size"]]}
-        else:
-            kw = {"scale": _pair(cfg.get("upsampling", 2), 2)}
-        return LayerSpec("Resize", ["bilinear"], {**kw, "align_corners": True}, [lay], lay)
-    if cfg.get("crop_to_aspect_ratio") or cfg.get("pad_to_aspect_ratio"):
-        raise Unsupported("crop/pad to aspect ratio")
-    if interp not in ("nearest", "bilinear"):
-        raise Unsupported(f"interpolation {interp!r}")
-    mode = "nearest-exact" if interp == "nearest" else "bilinear"
-    return LayerSpec("Resize", [mode], {"size": [int(cfg["height"]), int(cfg["width"])]}, [lay], lay)
-
-
-def _pads(v: Any, rank: int) -> list[list[int]]:
-    if isinstance(v, int):
-        return [[v, v]] * rank
-    v = list(v)
-    if rank == 1:
-        return [[int(v[0]), int(v[1])]] if len(v) == 2 else [[int(v[0])] * 2]
-    if len(v) == 4 and all(isinstance(x, int) for x in v):  # Keras 1 (top, bottom, left, right)
-        return [[v[0], v[1]], [v[2], v[3]]]
-    return [[int(x), int(x)] if isinstance(x, int) else [int(x[0]), int(x[1])] for x in v]
-
-
-def _shape_ops(c: Ctx) -> LayerSpec:
-    cls, cfg, rank = c.cls, c.cfg, c.ranks[0]
-    if cls.startswith("ZeroPadding") or cls.startswith("Cropping"):
-        lay = _image(cfg)
-        key = "padding" if cls.startswith("Zero") else "cropping"
-        return LayerSpec("ZeroPad" if key == "padding" else "Crop", [_pads(cfg.get(key, 1), rank - 2)], {}, [lay], lay)
-    if cls == "Flatten":
-        if cfg.get("data_format") == "channels_first" and rank > 2:
-            raise Unsupported("channels_first Flatten")
-        return LayerSpec("nn.Flatten", [], {}, ["keras"], "keras", [2])
-    if cls == "Reshape":
-        shape = [int(v) for v in cfg["target_shape"]]
-        return LayerSpec("Reshape", [shape], {}, ["keras"], "keras", [len(shape) + 1])
-    if cls == "Permute":
-        return LayerSpec("Permute", [[int(v) for v in cfg["dims"]]], {}, ["keras"], "keras")
-    if cls == "RepeatVector":
-        return LayerSpec("RepeatVector", [int(cfg["n"])], {}, ["keras"], "keras", [3])
-    raise Unsupported()
-
-
-def _merge(c: Ctx) -> LayerSpec:
-    cls, cfg = c.cls, c.cfg
-    lay = c.layouts[0]
-    if len(set(c.ranks)) != 1:
-        raise Unsupported(f"inputs of different ranks {c.ranks}")
-    if cls == "Merge":
-        mode = cfg.get("mode", "sum")
-        if mode == "concat":
-            cls = "Concatenate"
-        elif mode in _K1_MERGE:
-            return LayerSpec("Merge", [_K1_MERGE[mode]], {}, [lay] * len(c.ranks), lay)
-        else:
-            raise Unsupported(f"mode {mode!r}")
-    if cls == "Concatenate":
-        axis = int(cfg.get("axis", -1))
-        return LayerSpec("Concat", [c.axis(axis, c.ranks[0], lay)], {}, [lay] * len(c.ranks), lay)
-    return LayerSpec("Merge", [_MERGE[cls]], {}, [lay] * len(c.ranks), lay)
-
-
-def _affine(c: Ctx) -> LayerSpec:
-    cfg = c.cfg
-    if c.cls == "Rescaling":
-        return LayerSpec("Affine", [], {"scale": float(cfg.get("scale", 1.0)), "offset": float(cfg.get("offset", 0.0))})
-    axis = cfg.get("axis", -1)
-    axis = axis[0] if isinstance(axis, list | tuple) and len(axis) == 1 else axis
-    if not isinstance(axis, int) or cfg.get("invert"):
-        raise Unsupported(f"axis {axis}" if not isinstance(axis, int) else "invert=True")
-    names = [n for n, _ in c.weights]
-    w = c.take(["mean", "variance", "count"][: len(c.weights)] if None in names else names)
-    mean, var = w["mean"].reshape(-1), w["variance"].reshape(-1)
-    spec = LayerSpec("Affine", [], {"num_features": int(mean.shape[0]), "dim": c.axis(axis, c.ranks[0], c.layouts[0])})
-    spec.state = {"mean": mean, "variance": var}
-    return spec
-
-
-def _segnet(c: Ctx) -> LayerSpec:
-    cfg = c.cfg
-    if c.cls == "MaxPoolingWithArgmax2D":
-        k = _pair(cfg.get("pool_size", 2), 2)
-        s = _pair(cfg.get("strides") or k, 2)
-        spec = LayerSpec(
-            "MaxPoolWithArgmax", [k, s], {"padding": str(cfg.get("padding", "same")).lower()}, ["nc"], "nc"
-        )
-        spec.out_ranks = [4, 4]
-        return spec
-    return LayerSpec("MaxUnpool", [_pair(cfg.get("size", 2), 2)], {}, ["nc", "nc"], "nc")
-
-
 _TABLE = {
     **dict.fromkeys(("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "DepthwiseConv1D"), _conv),
     **dict.fromkeys(("SeparableConv1D", "SeparableConv2D"), _separable),
@@ -428,18 +201,7 @@ _TABLE = {
     "BatchNormalization": _batchnorm,
     "LayerNormalization": _layernorm,
     **dict.fromkeys(("Activation", "Softmax", "ReLU", "LeakyReLU", "ELU", "PReLU"), _activation_layer),
-    **dict.fromkeys(("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D"), _pool),
-    **dict.fromkeys(
-        ("GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D"), _global_pool
-    ),
-    **dict.fromkeys(("UpSampling1D", "UpSampling2D", "Resizing", "BilinearUpsampling"), _resize),
-    **dict.fromkeys(
-        ("ZeroPadding1D", "ZeroPadding2D", "Cropping1D", "Cropping2D", "Flatten", "Reshape", "Permute", "RepeatVector"),
-        _shape_ops,
-    ),
-    **dict.fromkeys(("Merge", "Concatenate", *_MERGE), _merge),
-    **dict.fromkeys(("Rescaling", "Normalization"), _affine),
-    **dict.fromkeys(("MaxPoolingWithArgmax2D", "MaxUnpooling2D"), _segnet),
+    **SHAPE_TABLE,
 }
 SUPPORTED: tuple[str, ...] = tuple(sorted({*_TABLE, *IDENTITY_LAYERS, "InputLayer"}))
 

@@ -36,6 +36,7 @@ __all__ = [
     "default_protocol_name",
     "crop_from_meta",
     "image_input_check",
+    "recorded_preprocessing",
     "guess_dataset",
     "model_protocol",
     "predict",
@@ -151,6 +152,17 @@ def load_image(source: str | os.PathLike[str] | np.ndarray | Image.Image) -> np.
     return read_image(Path(source))
 
 
+def recorded_preprocessing(meta: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The normalisation the weights record: ``meta["preprocessing"]``, else that of their one declared input."""
+    pre = meta.get("preprocessing")
+    if not pre and meta:
+        from segconvert.weights.inputs import input_specs
+
+        specs = input_specs(meta)
+        pre = specs[0].preprocessing if len(specs) == 1 else None
+    return dict(pre) if pre else None
+
+
 @dataclass
 class _Setup:
     prep: Preprocessing
@@ -172,13 +184,7 @@ def _setup(
     dev = resolve_device(device)
     if preprocessing is None:
         meta = getattr(model, "segconvert_meta", None) or {}
-        pre = meta.get("preprocessing")
-        if not pre:
-            from segconvert.weights.inputs import input_specs
-
-            specs = input_specs(meta) if meta else []
-            pre = specs[0].preprocessing if len(specs) == 1 else None
-        preprocessing = Preprocessing.from_meta(pre or None)
+        preprocessing = Preprocessing.from_meta(recorded_preprocessing(meta) or None)
     return _Setup(preprocessing, Runtime(dev, batch_size, amp, channels_last))
 
 

@@ -51,7 +51,7 @@ def reconvert(kind: str, meta: dict[str, Any], files: list[Path], arch: str | No
         prototxt, caffemodel = files  # source_files' order; both are needed to convert
         return dict(convert(prototxt, caffemodel, arch or meta["arch"]).state_dict)
     if kind == "tf":
-        from segconvert.commands.verify import _tf_conversion
+        from segconvert.parity.verify_tf import _tf_conversion
 
         return dict(_tf_conversion(meta, files[0]).state_dict)
     from segconvert.converters.keras import convert_keras_pspnet

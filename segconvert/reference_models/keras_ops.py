@@ -2,16 +2,19 @@
 
 Every module works on channels-first tensors (the channel axis is dim 1, as ``torch.nn``); the generic net moves
 axes at the layout boundaries. Each class uses nothing but ``torch`` and the helpers above it, so
-:mod:`segconvert.converters.keras_codegen` copies its source verbatim into generated model files.
+:mod:`segconvert.converters.keras_codegen` copies its source verbatim into generated model files. This module holds
+convolutions, Dense, normalisation and activations, and re-exports the pooling / resize / padding ops
+(:mod:`.keras_ops_pool`) and the merge / reshape ops (:mod:`.keras_ops_shape`): one namespace for the net.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .keras_ops_pool import Crop, GlobalPool, MaxPoolWithArgmax, MaxUnpool, Pool, Resize, ZeroPad, tf_same_pads
+from .keras_ops_shape import Affine, Concat, Dot, Flatten, Merge, Permute, RepeatVector, Reshape, Softmax
 
 __all__ = [
     "tf_same_pads",
@@ -32,6 +35,7 @@ __all__ = [
     "Crop",
     "Merge",
     "Concat",
+    "Dot",
     "Softmax",
     "Flatten",
     "Reshape",
@@ -41,16 +45,6 @@ __all__ = [
     "MaxPoolWithArgmax",
     "MaxUnpool",
 ]
-
-
-def tf_same_pads(sizes: list[int], kernel: list[int], stride: list[int], dilation: list[int]) -> list[int]:
-    """``F.pad`` pads (last axis first) for TF ``SAME``: total = max((ceil(n/s)-1)*s + (k-1)*d + 1 - n, 0), the
-    smaller half before."""
-    pads: list[int] = []
-    for n, k, s, d in reversed(list(zip(sizes, kernel, stride, dilation, strict=True))):
-        total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
-        pads += [total // 2, total - total // 2]
-    return pads
 
 
 def activation(x: torch.Tensor, name: str, dim: int = 1, hard_slope: float = 0.2) -> torch.Tensor:
@@ -272,226 +266,3 @@ class PReLU(nn.Module):
         if self.channels_first and self.weight.dim() == 1 and x.dim() > 2:
             a = a.reshape([-1] + [1] * (x.dim() - 2))
         return torch.where(x >= 0, x, x * a)
-
-
-class Pool(nn.Module):
-    """Keras Max/AveragePoolingND, ``valid`` or ``same`` (TF SAME; the average excludes the padding)."""
-
-    def __init__(self, mode: str, kernel_size: list[int], stride: list[int], padding: str = "valid") -> None:
-        super().__init__()
-        self.mode, self.kernel_size, self.stride, self.padding = mode, list(kernel_size), list(stride), padding
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rank = len(self.kernel_size)
-        pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d) if self.mode == "max" else (F.avg_pool1d, F.avg_pool2d)
-        pool = pool[rank - 1]
-        pads = [0] * (2 * rank)
-        if self.padding == "same":
-            pads = tf_same_pads(list(x.shape[2:]), self.kernel_size, self.stride, [1] * rank)
-        if not any(pads):
-            return pool(x, self.kernel_size, self.stride)
-        if self.mode == "max":
-            return pool(F.pad(x, pads, value=float("-inf")), self.kernel_size, self.stride)
-        total = pool(F.pad(x, pads), self.kernel_size, self.stride) * math.prod(self.kernel_size)
-        ones = torch.ones([1, 1, *x.shape[2:]], dtype=x.dtype, device=x.device)
-        count = pool(F.pad(ones, pads), self.kernel_size, self.stride) * math.prod(self.kernel_size)
-        return total / count
-
-    def extra_repr(self) -> str:
-        return f"{self.mode}, kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}"
-
-
-class GlobalPool(nn.Module):
-    """Keras Global{Average,Max}PoolingND over every axis after the channels (``keepdims`` keeps them as 1)."""
-
-    def __init__(self, mode: str, keepdims: bool = False) -> None:
-        super().__init__()
-        self.mode, self.keepdims = mode, keepdims
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = list(range(2, x.dim()))
-        if self.mode == "max":
-            return x.amax(dims, keepdim=self.keepdims)
-        return x.mean(dims, keepdim=self.keepdims)
-
-
-class Resize(nn.Module):
-    """UpSampling2D / Resizing / BilinearUpsampling: ``scale`` or ``size``; ``bilinear`` half-pixel (TF2
-    ``tf.image.resize``) or with ``align_corners``; ``nearest`` (integer UpSampling2D) or ``nearest-exact``
-    (TF2 half-pixel nearest)."""
-
-    def __init__(self, mode="nearest", scale=None, size=None, align_corners=False) -> None:
-        super().__init__()
-        self.mode, self.scale, self.size, self.align_corners = mode, scale, size, align_corners
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = list(self.size) if self.size else [n * s for n, s in zip(x.shape[2:], self.scale, strict=True)]
-        if size == list(x.shape[2:]):
-            return x
-        if self.mode == "bilinear":
-            return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
-        return F.interpolate(x, size=size, mode=self.mode)
-
-
-class ZeroPad(nn.Module):
-    """Keras ZeroPaddingND: ``pads`` as ``[[before, after], ...]`` per spatial axis."""
-
-    def __init__(self, pads: list[list[int]]) -> None:
-        super().__init__()
-        self.pads = [list(p) for p in pads]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x, [v for p in reversed(self.pads) for v in p])
-
-
-class Crop(nn.Module):
-    """Keras CroppingND: ``crops`` as ``[[before, after], ...]`` per spatial axis."""
-
-    def __init__(self, crops: list[list[int]]) -> None:
-        super().__init__()
-        self.crops = [list(c) for c in crops]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, (a, b) in enumerate(self.crops):
-            x = x.narrow(2 + i, a, x.shape[2 + i] - a - b)
-        return x
-
-
-class Merge(nn.Module):
-    """Keras Add / Subtract / Multiply / Average / Maximum / Minimum of its inputs, in order."""
-
-    def __init__(self, op: str) -> None:
-        super().__init__()
-        self.op = op
-
-    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        y = xs[0]
-        for x in xs[1:]:
-            if self.op in ("add", "average"):
-                y = y + x
-            elif self.op == "subtract":
-                y = y - x
-            elif self.op == "multiply":
-                y = y * x
-            elif self.op == "maximum":
-                y = torch.maximum(y, x)
-            else:
-                y = torch.minimum(y, x)
-        return y / len(xs) if self.op == "average" else y
-
-    def extra_repr(self) -> str:
-        return self.op
-
-
-class Concat(nn.Module):
-    """Keras Concatenate along ``dim``."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.dim = dim
-
-    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        return torch.cat(xs, self.dim)
-
-
-class Softmax(nn.Module):
-    """Keras Softmax / Activation('softmax') along ``dim``."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.dim = dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.softmax(x, dim=self.dim)
-
-
-class Flatten(nn.Module):
-    """Keras Flatten on a Keras-layout tensor (the element order of a channels_last model is kept)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1)
-
-
-class Reshape(nn.Module):
-    """Keras Reshape (``shape`` without the batch axis; -1 allowed) on a Keras-layout tensor."""
-
-    def __init__(self, shape: list[int]) -> None:
-        super().__init__()
-        self.shape = list(shape)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape([x.shape[0], *self.shape])
-
-
-class Permute(nn.Module):
-    """Keras Permute (``dims`` 1-based, without the batch axis) on a Keras-layout tensor."""
-
-    def __init__(self, dims: list[int]) -> None:
-        super().__init__()
-        self.dims = list(dims)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute([0, *self.dims])
-
-
-class RepeatVector(nn.Module):
-    """Keras RepeatVector: (N, F) -> (N, n, F)."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.n = n
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.unsqueeze(1).expand(-1, self.n, -1)
-
-
-class Affine(nn.Module):
-    """Keras Rescaling (``x * scale + offset``) and Normalization (``(x - mean) / sqrt(variance)``, along ``dim``:
-    mean and variance are buffers)."""
-
-    def __init__(self, scale: float = 1.0, offset: float = 0.0, num_features: int = 0, dim: int = 1) -> None:
-        super().__init__()
-        self.scale, self.offset, self.dim = scale, offset, dim
-        if num_features:
-            self.register_buffer("mean", torch.zeros(num_features))
-            self.register_buffer("variance", torch.ones(num_features))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(self, "mean"):
-            shape = [1] * x.dim()
-            shape[self.dim] = -1
-            return (x - self.mean.reshape(shape)) / torch.sqrt(self.variance.reshape(shape)).clamp_min(1e-7)
-        return x * self.scale + self.offset
-
-
-class MaxPoolWithArgmax(nn.Module):
-    """SegNet's MaxPoolingWithArgmax2D: max pool (TF SAME or VALID) and the argmax as torch plane indices
-    (``y * W + x``; TF's flat NHWC index is ``index * C + c``)."""
-
-    def __init__(self, kernel_size: list[int], stride: list[int], padding: str = "same") -> None:
-        super().__init__()
-        self.kernel_size, self.stride, self.padding = list(kernel_size), list(stride), padding
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pad, ceil = [0, 0], False
-        if self.padding == "same":
-            p = [int(v) for v in tf_same_pads([int(n) for n in x.shape[2:]], self.kernel_size, self.stride, [1, 1])]
-            if not {p[1] - p[0], p[3] - p[2]} <= {0, 1}:
-                raise ValueError(f"SAME pads {p} cannot be expressed with indices")
-            pad, ceil = [p[2], p[0]], p[1] > p[0] or p[3] > p[2]
-        return F.max_pool2d(x, self.kernel_size, self.stride, pad, 1, ceil, return_indices=True)
-
-
-class MaxUnpool(nn.Module):
-    """SegNet's MaxUnpooling2D: scatter into a (H*size, W*size) plane at the pooling indices."""
-
-    def __init__(self, size: list[int]) -> None:
-        super().__init__()
-        self.size = list(size)
-
-    def forward(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        out = [x.shape[2] * self.size[0], x.shape[3] * self.size[1]]
-        n, c = x.shape[:2]
-        flat = torch.zeros(n, c, out[0] * out[1], dtype=x.dtype, device=x.device)
-        flat.scatter_(2, indices.flatten(2).long(), x.flatten(2))
-        return flat.reshape(n, c, *out)

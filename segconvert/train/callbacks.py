@@ -10,10 +10,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from .checkpoint import Checkpointer, SignalGuard
+from .checkpoint import Checkpointer, SignalGuard, TrainingInterrupted
 from .log import CaffeDisplay, IterationRecord, JsonlLog, ProgressBar
 
-__all__ = ["LogHook", "CheckpointHook", "SnapshotHook", "ValidationHook", "to_iteration_record"]
+__all__ = ["LogHook", "CheckpointHook", "SnapshotHook", "ValidationHook", "run_checkpointed", "to_iteration_record"]
 
 
 def to_iteration_record(record: Any, loss_weights: Mapping[str, float] | None = None) -> IterationRecord:
@@ -78,6 +78,25 @@ class CheckpointHook:
         self.checkpointer.maybe_save(trainer, trainer.iteration)
 
 
+def run_checkpointed(trainer: Any, checkpointer: Checkpointer, stop_at: int | None = None) -> list[Any]:
+    """``trainer.run(stop_at)`` with a :class:`CheckpointHook` appended and SIGINT/SIGTERM guarded: on a signal the
+    final checkpoint is written and :class:`TrainingInterrupted` raised; else the last iteration is checkpointed
+    too (unless checkpointing is off, ``checkpointer.every == 0``). Returns the step records."""
+    guard = SignalGuard()
+    hook = CheckpointHook(checkpointer, guard)
+    trainer.hooks.append(hook)
+    try:
+        with guard:
+            records = trainer.run(stop_at)
+    finally:
+        trainer.hooks.remove(hook)
+    if guard.signum is not None:
+        raise TrainingInterrupted(guard.signum, trainer.iteration, hook.final_path)
+    if checkpointer.every > 0 and checkpointer.last_saved != trainer.iteration:
+        checkpointer.save(trainer, trainer.iteration)
+    return records
+
+
 class SnapshotHook:
     """``OUT/iter_<N>.safetensors`` every ``every`` iterations (Caffe's ``snapshot``): ``write(path, iteration)``."""
 
@@ -90,8 +109,8 @@ class SnapshotHook:
 
 
 class ValidationHook:
-    """Every ``every`` iterations: :func:`segconvert.eval.evaluate` on ``dataset`` with ``protocol``, the per-class
-    table printed to ``stream`` and the scores appended to ``jsonl`` (``"event": "val"``)."""
+    """Every ``every`` iterations: :func:`segconvert.eval.evaluate` on ``dataset`` with ``protocol`` (and
+    ``preprocessing``, needed for a bare model without converted-weights metadata), the per-class table printed to ``stream`` and the scores appended to ``jsonl`` (``"event": "val"``)."""
 
     def __init__(
         self,
@@ -104,9 +123,11 @@ class ValidationHook:
         limit: int | None = None,
         jsonl: JsonlLog | None = None,
         stream: TextIO | None = None,
+        preprocessing: Any = None,
     ) -> None:
         self.every, self.model, self.dataset, self.protocol = int(every), model, dataset, protocol
         self.device, self.limit, self.jsonl = device, limit, jsonl
+        self.preprocessing = preprocessing  # an eval Preprocessing: what the training data fed the model
         self.stream = stream or sys.stdout
         self.results: list[tuple[int, Any]] = []
 
@@ -116,7 +137,7 @@ class ValidationHook:
 
         was_training = self.model.training
         result = evaluate(self.model, self.dataset, self.protocol, device=self.device, limit=self.limit,
-                          progress=False)  # fmt: skip
+                          preprocessing=self.preprocessing, progress=False)  # fmt: skip
         self.model.train(was_training)
         print(f"validation after iteration {iteration}:", file=self.stream)
         print(class_table(result), file=self.stream)

@@ -29,8 +29,8 @@ import torch
 from segconvert.errors import SegconvertError
 from segconvert.fileio import atomic_write, check_output_path
 
-from .callbacks import CheckpointHook, LogHook, SnapshotHook, ValidationHook
-from .checkpoint import Checkpointer, SignalGuard, TrainingInterrupted, latest_checkpoint, load_checkpoint
+from .callbacks import LogHook, SnapshotHook, ValidationHook, run_checkpointed
+from .checkpoint import Checkpointer, latest_checkpoint, load_checkpoint
 from .data_imageseg import ImageSegData, ImageSegStream, transform_from_params
 from .log import CaffeDisplay, JsonlLog, ProgressBar, TensorBoardLog, tensorboard_available
 from .recipes import ResolvedRecipe, get_recipe
@@ -224,20 +224,18 @@ def train_recipe(
     run.display.stream = stream
     checkpointer = Checkpointer(out, int(v["run.checkpoint_every"]), int(v["run.keep_checkpoints"]),
                                 extra=lambda: {"display": run.display.state_dict()})  # fmt: skip
-    guard = SignalGuard()
-    ckpt_hook = CheckpointHook(checkpointer, guard)
     trainer.hooks = [
         LogHook(run.display, bar, jsonl, tb),
         SnapshotHook(out, int(v["solver.snapshot"]), lambda p, it: write_snapshot(run, ds, p, it)),
-        ckpt_hook,
     ]
     if val_every and val_ds is not None:
+        from segconvert.eval.protocols import Preprocessing
+
+        prep = Preprocessing.from_meta(_snapshot_meta(run, ds, 0)["preprocessing"])
         trainer.hooks.insert(1, ValidationHook(val_every, run.model, val_ds, val_proto, device=device,
-                                               limit=val_limit, jsonl=jsonl, stream=stream))  # fmt: skip
-    with guard:
-        records = trainer.run(stop_at)
-    if guard.signum is not None:
-        raise TrainingInterrupted(guard.signum, trainer.iteration, ckpt_hook.final_path)
+                                               limit=val_limit, jsonl=jsonl, stream=stream,
+                                               preprocessing=prep))  # fmt: skip
+    records = run_checkpointed(trainer, checkpointer, stop_at)
     if checkpointer.last_saved != trainer.iteration:
         checkpointer.save(trainer, trainer.iteration)
     final = write_snapshot(run, ds, out / "final.safetensors", trainer.iteration)
