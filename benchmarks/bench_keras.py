@@ -8,7 +8,7 @@ latency, images/s and the ratio PyTorch / Keras (below 1: PyTorch faster); both 
 here (``segconvert.inference.benchmark`` did not exist when this was written). With ``--device cuda``
 (a GPU machine) the PyTorch side runs there; ``--gpu-size`` adds Fast-SCNN images/s at 1024x2048.
 
-    python benchmarks/bench_keras.py [--size 512 1024] [--repeat 10] [--device cpu] [--json]
+    python benchmarks/bench_keras.py [--size 512 1024] [--repeat 10] [--device cpu] [--threads N] [--json]
 """
 
 from __future__ import annotations
@@ -46,7 +46,11 @@ TIME_KERAS = textwrap.dedent(
     """
     import json, sys, time
     import numpy as np, tf_keras as K
-    path, h, w, batch, warmup, repeat = sys.argv[1], *map(int, sys.argv[2:7])
+    path, h, w, batch, warmup, repeat, threads = sys.argv[1], *map(int, sys.argv[2:8])
+    if threads:
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     m = K.models.load_model(path, compile=False)
     x = np.random.default_rng(0).uniform(-1, 1, (batch, h, w, 3)).astype(np.float32)
     f = lambda: m(x, training=False).numpy()
@@ -64,7 +68,9 @@ TIME_TORCH = textwrap.dedent(
     import json, sys, time
     import torch
     from segconvert import load_model
-    path, h, w, batch, warmup, repeat, device = *sys.argv[1:2], *map(int, sys.argv[2:7]), sys.argv[7]
+    path, h, w, batch, warmup, repeat, device, threads = *sys.argv[1:2], *map(int, sys.argv[2:7]), *sys.argv[7:9]
+    if int(threads):
+        torch.set_num_threads(int(threads))
     m = load_model(path, device=device)
     x = torch.rand(batch, 3, h, w, device=device) * 2 - 1
     def f():
@@ -104,6 +110,7 @@ def main() -> None:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--gpu-size", nargs=2, type=int, default=None, metavar=("H", "W"))
     ap.add_argument("--families", nargs="+", default=["fast_scnn", "deeplab_mnv2"])
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads for both runtimes (0: their defaults)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -117,29 +124,33 @@ def main() -> None:
             _child(MAKE + "\nprint('{}')", fam, h, w, h5)
             convert_keras_generic_files(h5, st)
             run = (h, w, a.batch, a.warmup, a.repeat)
-            keras = _stats(_child(TIME_KERAS, h5, *run)["times"], a.batch)
-            torch_ = _stats(_child(TIME_TORCH, st, *run, a.device)["times"], a.batch)
+            load = os.getloadavg()[0]
+            keras = _stats(_child(TIME_KERAS, h5, *run, a.threads)["times"], a.batch)
+            torch_ = _stats(_child(TIME_TORCH, st, *run, a.device, a.threads)["times"], a.batch)
             rows.append({"family": fam, "size": [h, w], "device": a.device, "keras": keras, "torch": torch_,
-                         "ratio": torch_["median_ms"] / keras["median_ms"]})  # fmt: skip
+                         "ratio": torch_["median_ms"] / keras["median_ms"],
+                         "load": [load, os.getloadavg()[0]]})  # fmt: skip
         if a.gpu_size and a.device == "cuda":
             h, w = a.gpu_size
             h5, st = Path(tmp) / "fscnn_big.h5", Path(tmp) / "fscnn_big.safetensors"
             _child(MAKE + "\nprint('{}')", "fast_scnn", h, w, h5)
             convert_keras_generic_files(h5, st)
-            big = _stats(_child(TIME_TORCH, st, h, w, a.batch, a.warmup, a.repeat, "cuda")["times"], a.batch)
+            big = _stats(_child(TIME_TORCH, st, h, w, a.batch, a.warmup, a.repeat, "cuda", 0)["times"], a.batch)
             rows.append({"family": "fast_scnn", "size": [h, w], "device": "cuda", "torch": big})
     if a.json:
         print(json.dumps(rows, indent=2))
         return
     print(f"{'family':14s} {'size':>10s} {'device':6s} {'keras ms':>10s} {'torch ms':>10s} {'p90 torch':>10s} "
-          f"{'img/s torch':>11s} {'torch/keras':>11s}")  # fmt: skip
+          f"{'img/s torch':>11s} {'torch/keras':>11s} {'load avg':>9s}")  # fmt: skip
     for r in rows:
         k = r.get("keras", {})
         print(
             f"{r['family']:14s} {'x'.join(map(str, r['size'])):>10s} {r['device']:6s} "
             f"{k.get('median_ms', float('nan')):10.1f} {r['torch']['median_ms']:10.1f} {r['torch']['p90_ms']:10.1f} "
-            f"{r['torch']['images_s']:11.2f} {r.get('ratio', float('nan')):11.2f}"
+            f"{r['torch']['images_s']:11.2f} {r.get('ratio', float('nan')):11.2f} "
+            + ("{:4.1f}-{:<4.1f}".format(*r["load"]) if "load" in r else "")
         )
+    print("load avg: 1-min load before and after the pair (2+ busy cores elsewhere skews OpenMP, i.e. PyTorch, most)")
 
 
 if __name__ == "__main__":

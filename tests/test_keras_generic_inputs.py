@@ -145,7 +145,7 @@ def test_lambda_and_custom_layers_refused_in_one_message(tmp_path):
     x = L.Lambda(lambda t: t + 1.0, name="plus_one")(inp)
     x = MyScale(name="scale")(L.Conv2D(4, 1)(x))
     x = L.Lambda(lambda t: t * 3.0, name="times3")(x)
-    m = K.Model(inp, L.Dot(axes=-1, name="dot")([x, x]))
+    m = K.Model(inp, L.UnitNormalization(name="unit")(x))
     h5 = tmp_path / "bad.h5"
     m.save(h5)
     out = tmp_path / "o.safetensors"
@@ -153,7 +153,13 @@ def test_lambda_and_custom_layers_refused_in_one_message(tmp_path):
     assert code == 2
     line = err.strip()
     assert "\n" not in line and str(h5) in line
-    for what in ("Lambda 'plus_one'", "Lambda 'times3'", "MyScale 'scale'", "Dot 'dot'", "4 unsupported layer"):
+    for what in (
+        "Lambda 'plus_one'",
+        "Lambda 'times3'",
+        "MyScale 'scale'",
+        "UnitNormalization 'unit'",
+        "4 unsupported layer",
+    ):
         assert what in line
     assert line.count("code in the file is never run") == 3
     assert not out.exists() and not (tmp_path / "o.safetensors.json").exists()
@@ -226,3 +232,13 @@ def test_output_paths_are_checked_before_the_input_is_read(tmp_path):
     code, _, err = run_cli("keras2torch", junk, "-o", out)
     assert code == 2 and err.count("\n") == 1 and "o.safetensors.json" in err and "junk.h5" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.h5", "o.safetensors.json", "plain.txt"]
+
+
+def test_dot_beyond_3d_is_refused(tmp_path):
+    K = tf_keras()
+    inp = K.Input((4, 5, 3))
+    m = K.Model(inp, K.layers.Dot(axes=-1, name="dot4d")([inp, K.layers.Conv2D(3, 1)(inp)]))
+    h5 = tmp_path / "dot.h5"
+    m.save(h5)
+    err = _refused(tmp_path, h5)
+    assert "Dot 'dot4d'" in err and "2-D / 3-D" in err

@@ -110,7 +110,8 @@ class SnapshotHook:
 
 class ValidationHook:
     """Every ``every`` iterations: :func:`segconvert.eval.evaluate` on ``dataset`` with ``protocol`` (and
-    ``preprocessing``, needed for a bare model without converted-weights metadata), the per-class table printed to ``stream`` and the scores appended to ``jsonl`` (``"event": "val"``)."""
+    ``preprocessing``, needed for a bare model without converted-weights metadata), the per-class table printed
+    to ``stream`` and the scores appended to ``jsonl`` (``"event": "val"``)."""
 
     def __init__(
         self,

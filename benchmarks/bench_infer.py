@@ -1,0 +1,230 @@
+"""Benchmark: converted models' CPU forward, eager vs fused, against OpenCV dnn 4.x on the same Caffe files.
+
+For PSPNet50 (ADE20K, 473) and DeepLab-v2 (ResNet-101 MSC, 513): full-width random weights in the released
+caffemodel layout are generated from the released prototxts (``--quick``: the width-reduced fixture nets and
+their real fixture weights instead), converted with ``segconvert caffe2torch``, then each runner runs in its
+own fresh process with the same thread count, alternating, ``--repeat`` times:
+
+- ``eager``: ``segconvert.load_model(weights)`` (the plain converted module);
+- ``fused``: ``segconvert.load_model(weights, fuse=True)`` (BatchNorm / Scale folded, in-place activations);
+- ``opencv``: ``cv2.dnn.readNetFromCaffe`` on the same net (the OpenCV-readable twin segconvert's parity
+  runner writes: PSPNet's ``BN`` as BatchNorm + Scale, ``Interp`` as OpenCV's), OpenCV's default fusion on.
+
+Reported: median forward seconds (after warm-up) and peak RSS (``ru_maxrss``) of each; ratios fused vs
+eager, fused vs OpenCV, and RSS fused / OpenCV. Targets (issue 15): >= 1.3x eager, >= 1.0x OpenCV, RSS <= 0.5x.
+
+``--gpu``: the PSPNet101 Cityscapes protocol (713 sliding, flip) over ``--images`` synthetic 1024x2048 images
+on CUDA with bf16 autocast (images/s, network / protocol split, ``torch.cuda.max_memory_allocated``).
+
+Run: ``python benchmarks/bench_infer.py [--quick] [--threads 2] [--repeat 1] [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+FIXTURES = HERE.parent.parent / "shared" / "fixtures" / "caffe"
+# name -> (fixture case, full-width input side, width-reduced (quick) input side)
+NETS = {
+    "pspnet50": ("pspnet50_ade20k_473", 473, 473),
+    "deeplab_v2": ("deeplab_v2_resnet101_msc", 513, 129),
+}
+RUNNERS = ("eager", "fused", "opencv")
+
+
+# ------------------------------------------------------------------------------------------ children
+
+
+def _child(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    x = np.random.default_rng(0).normal(0, 40, (1, 3, args.size, args.size)).astype(np.float32)
+    times = []
+    if args.child == "opencv":
+        import cv2
+
+        cv2.setNumThreads(args.threads)
+        net = cv2.dnn.readNetFromCaffe(args.prototxt, args.caffemodel)
+        net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+
+        def forward() -> None:
+            net.setInput(x)
+            net.forward()
+    else:
+        import torch
+
+        import segconvert
+
+        torch.set_num_threads(args.threads)
+        model = segconvert.load_model(args.weights, fuse=args.child == "fused")
+        xt = torch.from_numpy(x)
+
+        def forward() -> None:
+            with torch.inference_mode():
+                model(xt)
+
+    for i in range(args.warmup + args.runs):
+        t0 = time.perf_counter()
+        forward()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"median_s": statistics.median(times), "times_s": times, "peak_rss": rss}))
+
+
+# ------------------------------------------------------------------------------------------ parent
+
+
+def _prepare(name: str, quick: bool, tmp: Path) -> dict:
+    """Caffe files, the converted weights and the OpenCV twin of one net."""
+    from segconvert.formats.caffemodel_writer import random_weights_for, write_caffemodel
+    from segconvert.graph import load_net
+    from segconvert.parity.opencv_runtime import _Twin, _write_twin, net_input
+
+    case, full_size, quick_size = NETS[name]
+    root = FIXTURES / case
+    size = quick_size if quick else full_size
+    if quick:
+        proto, model = root / "net.prototxt", root / "weights.caffemodel"
+    else:
+        proto = root / "full.prototxt"
+        model = write_caffemodel(tmp / f"{name}.caffemodel", random_weights_for(load_net(proto), seed=0))
+    weights = tmp / f"{name}.safetensors"
+    subprocess.run(
+        [sys.executable, "-m", "segconvert", "caffe2torch", str(proto), str(model), "-o", str(weights)],
+        check=True,
+        capture_output=True,
+    )
+    declared = load_net(proto)
+    in_name, _ = net_input(declared)
+    net = load_net(proto, model, input_shapes={in_name: (1, 3, size, size)})
+    twin_dir = tmp / f"{name}_opencv"
+    twin_dir.mkdir()
+    cv_proto, cv_model = _write_twin(_Twin(net), twin_dir)
+    return {"weights": weights, "cv_proto": cv_proto, "cv_model": cv_model, "size": size}
+
+
+def _run_child(kind: str, files: dict, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--child", kind, "--size", str(files["size"]), "--threads", str(args.threads)]
+    cmd += ["--runs", str(args.runs), "--warmup", str(args.warmup)]
+    cmd += ["--weights", str(files["weights"]), "--prototxt", str(files["cv_proto"])]
+    cmd += ["--caffemodel", str(files["cv_model"])]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _cpu(args: argparse.Namespace) -> dict:
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-infer-") as tmp:
+        for name in args.nets:
+            files = _prepare(name, args.quick, Path(tmp))
+            runs: dict[str, list[dict]] = {k: [] for k in RUNNERS}
+            for _ in range(args.repeat):
+                for kind in RUNNERS:
+                    runs[kind].append(_run_child(kind, files, args))
+            med = {k: statistics.median(r["median_s"] for r in v) for k, v in runs.items()}
+            rss = {k: max(r["peak_rss"] for r in v) for k, v in runs.items()}
+            results[name] = {
+                "input": [1, 3, files["size"], files["size"]],
+                "median_s": med,
+                "peak_rss_mb": {k: round(v / 2**20) for k, v in rss.items()},
+                "fused_vs_eager": med["eager"] / med["fused"],
+                "fused_vs_opencv": med["opencv"] / med["fused"],
+                "rss_fused_over_opencv": rss["fused"] / rss["opencv"],
+            }
+    return results
+
+
+def _gpu(args: argparse.Namespace) -> dict:
+    """PSPNet101 Cityscapes protocol over synthetic images on CUDA, bf16 (untested: written without a GPU)."""
+    import numpy as np
+    import torch
+
+    import segconvert
+    from segconvert.eval.protocols import Preprocessing, Runtime, get_protocol
+    from segconvert.formats.caffemodel_writer import random_weights_for, write_caffemodel
+    from segconvert.graph import load_net
+
+    proto = FIXTURES / "pspnet101_cityscapes_713" / "full.prototxt"
+    with tempfile.TemporaryDirectory(prefix="bench-infer-gpu-") as tmp:
+        model_file = write_caffemodel(Path(tmp) / "m.caffemodel", random_weights_for(load_net(proto), seed=0))
+        weights = Path(tmp) / "m.safetensors"
+        cmd = [sys.executable, "-m", "segconvert", "caffe2torch", str(proto), str(model_file), "-o", str(weights)]
+        subprocess.run(cmd, check=True, capture_output=True)
+        dev = torch.device("cuda")
+        model = segconvert.load_model(weights, device="cuda", fuse=True)
+    proto_ = get_protocol("pspnet", "cityscapes", crop=713)
+    prep, rt = Preprocessing.from_model(model), Runtime(dev, batch_size=args.gpu_batch, amp=False, channels_last=True)
+    model = model.to(memory_format=torch.channels_last)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (1024, 2048, 3), dtype=np.uint8)
+    torch.cuda.reset_peak_memory_stats()
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        proto_.predict(model, image, prep, rt).argmax(0)  # warm-up
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for i in range(args.images):
+            img = image if i % 2 == 0 else image[:, ::-1].copy()
+            proto_.predict(model, img, prep, rt).argmax(0).cpu()
+        torch.cuda.synchronize()
+        total = time.perf_counter() - t0
+    return {
+        "images": args.images,
+        "seconds": total,
+        "images_per_s": args.images / total,
+        "max_memory_allocated_gb": torch.cuda.max_memory_allocated() / 2**30,
+        "device": torch.cuda.get_device_name(0),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="width-reduced fixture nets (seconds, not minutes)")
+    ap.add_argument("--nets", nargs="+", choices=list(NETS), default=list(NETS))
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--repeat", type=int, default=1, help="fresh processes per runner (alternating)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--gpu", action="store_true", help="the CUDA Cityscapes protocol run instead")
+    ap.add_argument("--images", type=int, default=500)
+    ap.add_argument("--gpu-batch", type=int, default=8)
+    ap.add_argument("--json", action="store_true")
+    for hidden in ("--child", "--weights", "--prototxt", "--caffemodel"):
+        ap.add_argument(hidden, help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        _child(args)
+        return
+    res = _gpu(args) if args.gpu else _cpu(args)
+    res = {"threads": args.threads, "quick": args.quick, "load": os.getloadavg(), "results": res}
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return
+    if args.gpu:
+        print(json.dumps(res["results"], indent=2))
+        return
+    print(f"threads {args.threads}, load average {' '.join(f'{v:.2f}' for v in res['load'])}")
+    for name, r in res["results"].items():
+        m, rss = r["median_s"], r["peak_rss_mb"]
+        print(f"{name} {r['input']}: " + ", ".join(f"{k} {m[k]:.3f} s / {rss[k]} MB" for k in RUNNERS))
+        print(
+            f"  fused vs eager {r['fused_vs_eager']:.2f}x, fused vs OpenCV {r['fused_vs_opencv']:.2f}x, "
+            f"RSS fused/OpenCV {r['rss_fused_over_opencv']:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
