@@ -86,6 +86,28 @@ def _child(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------ parent
 
 
+_NOT_DEPLOY = {"ImageSegData", "MatWrite", "DenseCRF", "ArgMax", "SegAccuracy", "Silence"}
+
+
+def _deploy(proto: Path, size: int, out: Path) -> Path:
+    """A train/test prototxt (DeepLab's ``ImageSegData`` input, ``MatWrite`` / CRF / accuracy tail) as a deploy
+    net: ``input: "data"`` of 1x3xSxS and only the layers that compute the scores."""
+    from google.protobuf import text_format
+
+    from segconvert.formats.caffe_schema import message_class
+
+    net = text_format.Parse(proto.read_text(), message_class("NetParameter")())
+    if net.input or not any(layer.type in _NOT_DEPLOY for layer in net.layer):
+        return proto
+    keep = [layer for layer in net.layer if layer.type not in _NOT_DEPLOY]
+    del net.layer[:]
+    net.layer.extend(keep)
+    net.input.append("data")
+    net.input_dim.extend([1, 3, size, size])
+    out.write_text(text_format.MessageToString(net))
+    return out
+
+
 def _prepare(name: str, quick: bool, tmp: Path) -> dict:
     """Caffe files, the converted weights and the OpenCV twin of one net."""
     from segconvert.formats.caffemodel_writer import random_weights_for, write_caffemodel
@@ -98,7 +120,7 @@ def _prepare(name: str, quick: bool, tmp: Path) -> dict:
     if quick:
         proto, model = root / "net.prototxt", root / "weights.caffemodel"
     else:
-        proto = root / "full.prototxt"
+        proto = _deploy(root / "full.prototxt", size, tmp / f"{name}_deploy.prototxt")
         model = write_caffemodel(tmp / f"{name}.caffemodel", random_weights_for(load_net(proto), seed=0))
     weights = tmp / f"{name}.safetensors"
     subprocess.run(

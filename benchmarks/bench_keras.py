@@ -8,7 +8,8 @@ latency, images/s and the ratio PyTorch / Keras (below 1: PyTorch faster); both 
 here (``segconvert.inference.benchmark`` did not exist when this was written). With ``--device cuda``
 (a GPU machine) the PyTorch side runs there; ``--gpu-size`` adds Fast-SCNN images/s at 1024x2048.
 
-    python benchmarks/bench_keras.py [--size 512 1024] [--repeat 10] [--device cpu] [--threads N] [--json]
+    python benchmarks/bench_keras.py [--size 512 1024] [--repeat 10] [--device cpu] [--threads N] [--channels-last]
+                                     [--json]
 """
 
 from __future__ import annotations
@@ -68,11 +69,13 @@ TIME_TORCH = textwrap.dedent(
     import json, sys, time
     import torch
     from segconvert import load_model
-    path, h, w, batch, warmup, repeat, device, threads = *sys.argv[1:2], *map(int, sys.argv[2:7]), *sys.argv[7:9]
+    path, h, w, batch, warmup, repeat, device, threads, cl = *sys.argv[1:2], *map(int, sys.argv[2:7]), *sys.argv[7:10]
     if int(threads):
         torch.set_num_threads(int(threads))
     m = load_model(path, device=device)
     x = torch.rand(batch, 3, h, w, device=device) * 2 - 1
+    if int(cl):  # NHWC memory (same values; oneDNN's fast depthwise / 1x1 kernels, as TF uses)
+        m, x = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     def f():
         with torch.inference_mode():
             m(x)
@@ -111,6 +114,7 @@ def main() -> None:
     ap.add_argument("--gpu-size", nargs=2, type=int, default=None, metavar=("H", "W"))
     ap.add_argument("--families", nargs="+", default=["fast_scnn", "deeplab_mnv2"])
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for both runtimes (0: their defaults)")
+    ap.add_argument("--channels-last", action="store_true", help="PyTorch side in channels_last memory format")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -126,7 +130,7 @@ def main() -> None:
             run = (h, w, a.batch, a.warmup, a.repeat)
             load = os.getloadavg()[0]
             keras = _stats(_child(TIME_KERAS, h5, *run, a.threads)["times"], a.batch)
-            torch_ = _stats(_child(TIME_TORCH, st, *run, a.device, a.threads)["times"], a.batch)
+            torch_ = _stats(_child(TIME_TORCH, st, *run, a.device, a.threads, int(a.channels_last))["times"], a.batch)
             rows.append({"family": fam, "size": [h, w], "device": a.device, "keras": keras, "torch": torch_,
                          "ratio": torch_["median_ms"] / keras["median_ms"],
                          "load": [load, os.getloadavg()[0]]})  # fmt: skip
@@ -135,7 +139,8 @@ def main() -> None:
             h5, st = Path(tmp) / "fscnn_big.h5", Path(tmp) / "fscnn_big.safetensors"
             _child(MAKE + "\nprint('{}')", "fast_scnn", h, w, h5)
             convert_keras_generic_files(h5, st)
-            big = _stats(_child(TIME_TORCH, st, h, w, a.batch, a.warmup, a.repeat, "cuda", 0)["times"], a.batch)
+            run = (h, w, a.batch, a.warmup, a.repeat, "cuda", 0, int(a.channels_last))
+            big = _stats(_child(TIME_TORCH, st, *run)["times"], a.batch)
             rows.append({"family": "fast_scnn", "size": [h, w], "device": "cuda", "torch": big})
     if a.json:
         print(json.dumps(rows, indent=2))

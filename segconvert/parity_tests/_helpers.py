@@ -57,8 +57,13 @@ def reconvert(kind: str, meta: dict[str, Any], files: list[Path], arch: str | No
     from segconvert.converters.keras import convert_keras_pspnet
     from segconvert.formats.keras_h5 import open_keras_weights
 
+    if meta["arch"] == "keras_generic":  # the graph comes from the file itself (full-model .h5 / .keras)
+        from segconvert.converters.keras_generic import convert_keras_generic
+
+        nhwc = bool(meta.get("keras", {}).get("nhwc", False))
+        return dict(convert_keras_generic(files[0], nhwc=nhwc).state_dict)
     if not str(meta["arch"]).startswith("pspnet"):
-        raise NotImplementedError(f"no Keras re-conversion for arch {meta['arch']!r} in this suite")
+        raise ValueError(f"no Keras re-conversion for arch {meta['arch']!r}")
     conv = convert_keras_pspnet(
         open_keras_weights(files[0]),
         arch=meta["arch"],

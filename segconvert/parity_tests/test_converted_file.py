@@ -20,15 +20,19 @@ def test_converted_file_loads_and_runs(user_files: UserFiles) -> None:
     for key in ("arch", "config", "preprocessing", "source", "segconvert_version"):
         assert key in meta, f"metadata lacks {key!r}"
     model = load_model(user_files.converted)  # strict: every tensor present, shapes right
-    if meta["arch"] == "caffe_generic":
-        pytest.skip("a generic net's inputs are not one image; test_converted_file_matches_its_sources covers it")
-    size = meta.get("input_size") or [65, 65]
-    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0)) * 50
+    from segconvert.weights.inputs import input_specs, synthetic_inputs
+
+    specs = input_specs(meta)  # the net's declared inputs (one image for the named nets)
+    size = None if all(d > 0 for d in specs[0].shape[2:]) else [65] * (len(specs[0].shape) - 2)
+    xs = synthetic_inputs(specs, size=size, seed=0)
     with torch.no_grad():
-        y = model(x)
-    assert torch.isfinite(y).all(), "the model's output holds NaN/inf"
-    if meta["arch"] != "resnet":  # segmentation nets answer at the input resolution (a backbone at its stride)
-        assert y.shape[-2:] == x.shape[-2:], f"output {tuple(y.shape)} for input {tuple(x.shape)}"
+        y = model(*xs)
+    outs = list(y.values()) if isinstance(y, dict) else list(y) if isinstance(y, list | tuple) else [y]
+    for out in outs:
+        assert torch.isfinite(out).all(), "the model's output holds NaN/inf"
+    segmentation = meta["arch"] not in ("resnet", "caffe_generic", "keras_generic")
+    if segmentation:  # segmentation nets answer at the input resolution (a backbone at its stride)
+        assert outs[0].shape[-2:] == xs[0].shape[-2:], f"output {tuple(outs[0].shape)} for input {tuple(xs[0].shape)}"
 
 
 def test_converted_file_matches_its_sources(user_files: UserFiles) -> None:
