@@ -259,3 +259,22 @@ def test_input_specs_of_files_written_before_inputs_were_recorded():
     xs = synthetic_inputs([InputSpec("t", (2, 5, 7, 9)), InputSpec("s", (1, 2, 30))], seed=4)
     assert [tuple(t.shape) for t in xs] == [(2, 5, 7, 9), (1, 2, 30)]
     assert float(xs[0].abs().max()) <= 1.0 and not np.array_equal(xs[0][0].numpy(), xs[0][1].numpy())
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_benchmark_uses_the_declared_inputs_and_predict_refuses_non_rgb_nets(name, tmp_path):
+    """benchmark feeds synthetic inputs of the declared shapes; predict (RGB images) refuses in one line."""
+    from PIL import Image
+
+    _, _, weights = _convert(tmp_path, name)
+    declared = NETS[name][1]
+    res = run_cli("benchmark", weights, "--runs", "2", "--warmup", "1", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout)["input_shapes"] == [s for _, s, _ in declared]
+
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(tmp_path / "x.png")
+    res = run_cli("predict", weights, tmp_path / "x.png", "-o", tmp_path / "pred", "--mean", "0")
+    assert res.returncode == 2, res.stdout + res.stderr
+    line = res.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line and declared[0][0] in line, line
+    assert not (tmp_path / "pred").exists()
