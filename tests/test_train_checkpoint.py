@@ -131,7 +131,8 @@ def test_val_every_prints_the_class_table_and_logs_the_scores(tmp_path, data):
     scores land in train_log.jsonl; the last validation equals ``segconvert eval`` of the final snapshot."""
     root, init = data
     out = tmp_path / "val"
-    sets = [*SETS, "solver.max_iter=2", "solver.display=0", "run.checkpoint_every=0"]
+    sets = [*SETS, "solver.max_iter=2", "solver.display=0", "run.checkpoint_every=0", "solver.iter_size=1",
+            "model.msc=false"]  # fmt: skip
     code, stdout, err = run_cli("train", "--recipe", "deeplabv2-voc12", "--init", init, "--dataset", "voc", "--root",
                                 root, "-o", out, "--quiet", "--val-every", 1, "--val-limit", 2,
                                 *(a for s in sets for a in ("--set", s)))  # fmt: skip
