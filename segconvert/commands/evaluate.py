@@ -183,7 +183,10 @@ def eval_cmd(
     proto = _make_protocol(name, dataset, scales, flip, **overrides)
     result = _run(model, ds, proto, dev, run, prep)
     result.info["weights"] = str(weights)
-    _emit(result, as_json)
+    from segconvert.eval.distributed import is_main_process
+
+    if is_main_process():  # torchrun: every rank holds the reduced result; rank 0 prints it
+        _emit(result, as_json)
 
 
 # ------------------------------------------------------------------------------------------------- score

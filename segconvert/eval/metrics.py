@@ -264,6 +264,10 @@ class CityscapesScorer:
         cat_tp = torch.bincount(ids[(self.cat_lut[p] == ic) & (ic >= 0)], minlength=bins)
         present = torch.nonzero(size).flatten()  # ascending instance ids, as the official loop
         rows = torch.stack([present, size[present], tp[present], cat_tp[present]]).cpu().tolist()
+        self.add_instance_rows(rows)
+
+    def add_instance_rows(self, rows: list[list[int]]) -> None:
+        """Accumulate one image's instances: rows [instance ids, sizes, class TPs, category TPs] (in id order)."""
         for inst_id, n, t, ct in zip(*rows, strict=True):
             label = _BY_ID.get(int(inst_id) // 1000)
             if label is None or label.ignore_in_eval or label.name not in self.inst_classes:

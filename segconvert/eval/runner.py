@@ -137,7 +137,10 @@ def evaluate(
     ``batch_size``, ``amp`` and ``channels_last`` default by device (see :class:`Runtime`). The result's
     ``info["timing"]`` separates loading, inference and metric seconds.
     """
-    dev = resolve_device(device)
+    from segconvert.eval import distributed as dist_eval
+
+    dev = dist_eval.rank_device(resolve_device(device))
+    rank, world, created = dist_eval.join_group(dev) if dist_eval.world_info()[2] > 1 else (0, 1, False)
     prep = preprocessing or Preprocessing.from_model(model)
     rt = Runtime(dev, batch_size, amp, channels_last)
     model = model.eval().to(dev, memory_format=rt.memory_format)
@@ -148,12 +151,15 @@ def evaluate(
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     if n == 0:
         raise DatasetError("no images to evaluate", file=dataset.root)
+    indices = dist_eval.shard_indices(n, rank, world)  # range(n) in one process
+    if world > 1:
+        scorer = dist_eval.ShardedScorer(scorer, rank, world)
     out_dir = Path(save_pred) if save_pred else None
     timer = _Timer(dev)
     start = time.perf_counter()
-    bar = _progress(n, f"eval {dataset.name}", progress)
+    bar = _progress(len(indices), f"eval {dataset.name}", progress and rank == 0)
     try:
-        for i in range(n):
+        for i in indices:
             t0 = time.perf_counter()
             image = dataset.load_image(i)
             target = dataset.load_target(i)
@@ -191,7 +197,12 @@ def evaluate(
     finally:
         bar.close()
     elapsed = time.perf_counter() - start
-    result = scorer.result()
+    result = scorer.result()  # sharded: reduced over the ranks, the one-process scores on every rank
+    if created:
+        import torch.distributed
+
+        torch.distributed.destroy_process_group()
+    n = len(indices)  # timing below is this rank's
     result.info.update(
         split=dataset.split,
         protocol=protocol.describe(),
@@ -205,6 +216,8 @@ def evaluate(
     )
     if timed is not None:
         result.info["timing"].update(network=timed.seconds, forwards=timed.calls, images=n)
+    if world > 1:
+        result.info["world_size"] = world
     return result
 
 

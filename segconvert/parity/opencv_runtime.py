@@ -323,7 +323,7 @@ def opencv_run(
     try:
         import cv2
     except ImportError:
-        raise SegconvertError("OpenCV is not installed (pip install opencv-python-headless, a core dependency of segconvert)") from None
+        raise SegconvertError("OpenCV is not installed: pip install opencv-python-headless") from None
     from segconvert.graph import load_net
 
     declared = load_net(prototxt)

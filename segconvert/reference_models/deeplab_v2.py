@@ -107,6 +107,14 @@ class DeepLabV2(nn.Module):
             self.fuse = EltwiseMax()
         self.upsample = UpsampleToInput(cfg["output_stride"], cfg["resize"])
 
+    @property
+    def grad_checkpointing(self) -> bool:
+        return self.backbone.grad_checkpointing
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint the backbone's stem and stages in training forwards (ASPP is cheap and kept)."""
+        self.backbone.set_grad_checkpointing(enable)
+
     def score(self, x: Tensor) -> Tensor:
         """Single-scale score map (``fc1_voc12``) at feature resolution."""
         return self.aspp(self.backbone(x))

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .layers import ConvBNReLU, Resize, UpsampleToInput
 from .ops import RESIZE_MODES, CaffePool2d, TFSamePool2d, check_choice, make_norm
-from .resnet import BACKBONE_KEYS, ResNet, backbone_config, init_weights
+from .resnet import BACKBONE_KEYS, ResNet, backbone_config, checkpoint_module, init_weights
 
 __all__ = ["PSPNet", "PyramidPooling", "PPMPool", "pspnet_config", "PPM_MODES", "HEAD_ACTS"]
 
@@ -232,6 +232,12 @@ class PSPNet(nn.Module):
         for m in (self.ppm, self.head, self.aux):
             if m is not None:
                 init_weights(m)
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint the backbone stages, the pyramid pooling and the head in training forwards."""
+        self.grad_checkpointing = bool(enable)
+        self.backbone.set_grad_checkpointing(enable)
 
     @property
     def arch_name(self) -> str:
@@ -240,9 +246,12 @@ class PSPNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
         size = x.shape[-2:]
         bb = self.backbone
-        c3 = bb.layer3(bb.layer2(bb.layer1(bb.stem(x))))
-        c4 = bb.layer4(c3)
-        out = self.upsample(self.head(self.ppm(c4)), size)
+        c3 = bb.run_stage("layer3", bb.run_stage("layer2", bb.run_stage("layer1", bb.run_stage("stem", x))))
+        c4 = bb.run_stage("layer4", c3)
+        if self.grad_checkpointing:
+            out = self.upsample(checkpoint_module(self.head, checkpoint_module(self.ppm, c4)), size)
+        else:
+            out = self.upsample(self.head(self.ppm(c4)), size)
         if not self.training:
             return out
         result: dict[str, Tensor] = OrderedDict(out=out)

@@ -8,9 +8,14 @@ Every ReLU is its own module (``relu1``, ``relu2``, ``relu``) so forward hooks s
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from functools import partial
 from typing import Any
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .ops import (
     NORM_KINDS,
@@ -30,6 +35,7 @@ __all__ = [
     "Stem",
     "STAGE_BLOCKS",
     "backbone_config",
+    "checkpoint_module",
     "resolve_strides",
     "resnet_config",
 ]
@@ -239,6 +245,39 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
+@contextmanager
+def _keep_bn_stats(module: nn.Module) -> Iterator[None]:
+    """Restore every BN running statistic of ``module`` on exit (the recompute must not update them again)."""
+    saved = [
+        (m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, mean, var, count in saved:
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+
+
+def _contexts(module: nn.Module) -> tuple[Any, Any]:
+    return nullcontext(), _keep_bn_stats(module)
+
+
+def checkpoint_module(module: nn.Module, *args: Tensor) -> Tensor:
+    """``module(*args)`` with activation checkpointing (non-reentrant) when gradients are recorded.
+
+    The backward recompute runs ``module`` again; BN layers in training mode would then count the batch twice
+    in their running statistics, so those are restored after the recompute (frozen BN has none to update).
+    """
+    if not torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return module(*args)
+    return checkpoint(module, *args, use_reentrant=False, context_fn=partial(_contexts, module))
+
+
 def init_weights(module: nn.Module) -> None:
     """He-normal (fan_out) convolutions, zero biases, unit BN scale (torchvision's defaults)."""
     for m in module.modules():
@@ -298,19 +337,29 @@ class ResNet(nn.Module):
             self.add_module(f"layer{si + 1}", nn.Sequential(*units))
         self.out_channels = in_ch
         self.fc = nn.Conv2d(in_ch, num_classes, 1) if num_classes > 0 else None
+        self.grad_checkpointing = False
         init_weights(self)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint the stem and each stage in training forwards (activations recomputed in backward)."""
+        self.grad_checkpointing = bool(enable)
+
+    def run_stage(self, name: str, x: Tensor) -> Tensor:
+        """``stem`` or ``layer{1-4}`` on ``x``, checkpointed when :attr:`grad_checkpointing` is set."""
+        module = getattr(self, name)
+        return checkpoint_module(module, x) if self.grad_checkpointing else module(x)
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
         """Outputs of ``stem`` (after the max-pool) and ``layer1``..``layer4``."""
         feats: dict[str, Tensor] = OrderedDict()
-        x = feats["stem"] = self.stem(x)
+        x = feats["stem"] = self.run_stage("stem", x)
         for i in range(1, 5):
-            x = feats[f"layer{i}"] = getattr(self, f"layer{i}")(x)
+            x = feats[f"layer{i}"] = self.run_stage(f"layer{i}", x)
         return feats
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.stem(x)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for name in ("stem", "layer1", "layer2", "layer3", "layer4"):
+            x = self.run_stage(name, x)
         if self.fc is not None:
             x = self.fc(x.mean((2, 3), keepdim=True))
         return x

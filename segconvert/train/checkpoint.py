@@ -13,7 +13,6 @@ signal interrupts at once.
 
 from __future__ import annotations
 
-import random
 import re
 import signal
 from collections.abc import Callable, Mapping
@@ -25,6 +24,7 @@ import torch
 
 from segconvert.errors import SegconvertError, WeightsFileError
 from segconvert.fileio import atomic_write
+from segconvert.train.engine import global_rng_state, set_global_rng_state
 
 __all__ = [
     "FORMAT",
@@ -65,35 +65,9 @@ class TrainingInterrupted(SegconvertError):
         return 128 + self.signum
 
 
-def rng_state() -> dict[str, Any]:
-    """Every global RNG a training step may draw from, as tensors and plain values."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(np.asarray(keys, np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(
-        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    )
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+# One implementation of the global RNG snapshot: the Trainer's (also in its state_dict).
+rng_state = global_rng_state
+set_rng_state = set_global_rng_state
 
 
 def checkpoint_path(out_dir: str | Path, iteration: int) -> Path:
