@@ -117,6 +117,8 @@ def test_checkpointing_lowers_peak_memory() -> None:
     ckpt.set_grad_checkpointing()
     peak_plain, peak_ckpt = _peak_cpu_bytes(plain, x, y), _peak_cpu_bytes(ckpt, x, y)
     ratio = peak_ckpt / peak_plain
-    print(f"peak CPU allocation in a train step (profiler memory events): plain {peak_plain / 2**20:.2f} MiB, "
-          f"checkpointed {peak_ckpt / 2**20:.2f} MiB, ratio {ratio:.3f}")
+    print(
+        f"peak CPU allocation in a train step (profiler memory events): plain {peak_plain / 2**20:.2f} MiB, "
+        f"checkpointed {peak_ckpt / 2**20:.2f} MiB, ratio {ratio:.3f}"
+    )
     assert peak_plain > 0 and ratio < 0.8

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from segconvert.eval.metrics import CityscapesScorer, EvalResult
 from segconvert.train.distributed import init_distributed, world_info
 
-__all__ = ["ShardedScorer", "is_main_process", "join_group", "rank_device", "shard_indices"]
+__all__ = ["ShardedScorer", "is_main_process", "join_group", "leave_group", "rank_device", "shard_indices"]
 
 
 def is_main_process() -> bool:
@@ -38,6 +38,12 @@ def join_group(device: torch.device) -> tuple[int, int, bool]:
     created = world_info()[2] > 1 and not dist.is_initialized()
     rank, world = init_distributed(str(device))
     return rank, world, created
+
+
+def leave_group() -> None:
+    """Destroy the process group :func:`join_group` created."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shard_indices(n: int, rank: int, world: int) -> range:

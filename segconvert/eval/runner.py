@@ -199,9 +199,7 @@ def evaluate(
     elapsed = time.perf_counter() - start
     result = scorer.result()  # sharded: reduced over the ranks, the one-process scores on every rank
     if created:
-        import torch.distributed
-
-        torch.distributed.destroy_process_group()
+        dist_eval.leave_group()
     n = len(indices)  # timing below is this rank's
     result.info.update(
         split=dataset.split,
