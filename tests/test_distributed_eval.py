@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -76,10 +77,17 @@ def _cityscapes(tmp_path: Path, n: int) -> Path:
         Image.fromarray(img).save(root / "leftImg8bit" / "val" / city / f"{stem}_leftImg8bit.png")
         inst = gt.astype(np.uint16)
         things = (gt >= 24) & (gt <= 33)
-        xs = np.broadcast_to(np.arange(64) // 8, gt.shape)
+        ys, xs = np.mgrid[:32, :64]
+        xs = (ys // 4) * 32 + xs // 2 + rng.integers(0, 2, gt.shape)  # many instances of uneven sizes
         inst[things] = gt[things].astype(np.uint16) * 1000 + xs[things].astype(np.uint16)
         Image.fromarray(inst).save(root / "gtFine" / "val" / city / f"{stem}_gtFine_instanceIds.png")
     return root
+
+
+def _port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
 
 
 def _eval(args: list[str], nproc: int, tmp_path: Path) -> tuple[dict, str]:
@@ -88,9 +96,9 @@ def _eval(args: list[str], nproc: int, tmp_path: Path) -> tuple[dict, str]:
     if nproc == 1:
         cmd = [sys.executable, "-m", "segconvert", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", "0"]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", _port()]
         cmd += ["-m", "segconvert", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout), proc.stderr
 
