@@ -191,6 +191,26 @@ def _read_keras3(kw: KerasWeights, f, file_size: int) -> None:
     kw.layer_names = list(kw.layers)
 
 
+def read_keras_archive(p: Path, extras: tuple[str, ...] = ("config.json", "metadata.json")) -> tuple[object, int, dict]:
+    """``(h5 source, its size, {name: bytes})``: a Keras 3 ``.keras`` zip's ``model.weights.h5`` (in memory) and the
+    ``extras`` it holds; for any other file ``(p, file size, {})``. Bad archives raise :class:`CheckpointError`."""
+    size = p.stat().st_size
+    try:
+        if not zipfile.is_zipfile(p):
+            return p, size, {}
+        with zipfile.ZipFile(p) as z:
+            names = z.namelist()
+            if "model.weights.h5" not in names:
+                raise CheckpointError("archive has no model.weights.h5 (not a .keras file)", file=p)
+            info = z.getinfo("model.weights.h5")
+            if info.file_size > 64 * size + (1 << 20):
+                raise CheckpointError("model.weights.h5 claims an implausible size", file=p)
+            found = {name: z.read(name) for name in extras if name in names}
+            return io.BytesIO(z.read("model.weights.h5")), info.file_size, found
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot read archive: {exc}", file=p) from None
+
+
 def open_keras_weights(path: str | os.PathLike) -> KerasWeights:
     """Read a Keras ``.h5`` / ``.hdf5`` / ``.weights.h5`` file or a Keras 3 ``.keras`` archive."""
     import h5py
@@ -198,24 +218,11 @@ def open_keras_weights(path: str | os.PathLike) -> KerasWeights:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError("no such file", file=p)
-    size = p.stat().st_size
-    config = None
-    source: object = p
+    source, size, extras = read_keras_archive(p)
     try:
-        if zipfile.is_zipfile(p):
-            with zipfile.ZipFile(p) as z:
-                names = z.namelist()
-                if "model.weights.h5" not in names:
-                    raise CheckpointError("archive has no model.weights.h5 (not a .keras file)", file=p)
-                info = z.getinfo("model.weights.h5")
-                if info.file_size > 64 * size + (1 << 20):
-                    raise CheckpointError("model.weights.h5 claims an implausible size", file=p)
-                source = io.BytesIO(z.read("model.weights.h5"))
-                size = info.file_size
-                if "config.json" in names:
-                    config = json.loads(z.read("config.json"))
-    except (zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"cannot read archive: {exc}", file=p) from None
+        config = json.loads(extras["config.json"]) if "config.json" in extras else None
+    except ValueError as exc:
+        raise CheckpointError(f"cannot read archive: config.json: {exc}", file=p) from None
     try:
         with h5py.File(source, "r") as f:
             if "model_weights" in f:

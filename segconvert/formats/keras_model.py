@@ -15,10 +15,8 @@ Weights (:func:`read_keras_arrays`): legacy HDF5 groups with ``weight_names`` (n
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from segconvert.errors import CheckpointError
-from segconvert.formats.keras_h5 import _read_dataset, _snake, _text, _text_list
+from segconvert.formats.keras_h5 import _read_dataset, _snake, _text, _text_list, read_keras_archive
 
 __all__ = ["KerasLayer", "KerasNode", "KerasGraph", "KerasFile", "parse_model_config", "open_keras_model"]
 
@@ -322,25 +320,13 @@ def open_keras_model(path: str | os.PathLike, config: str | os.PathLike | None =
     p = Path(path)
     if not p.is_file():
         raise CheckpointError("no such file", file=p)
-    size, source, model_config, version, backend = p.stat().st_size, p, None, None, None
+    source, size, extras = read_keras_archive(p)
+    model_config = extras["config.json"].decode("utf-8", "replace") if "config.json" in extras else None
     try:
-        if zipfile.is_zipfile(p):
-            with zipfile.ZipFile(p) as z:
-                names = z.namelist()
-                if "model.weights.h5" not in names:
-                    raise CheckpointError("archive has no model.weights.h5 (not a .keras file)", file=p)
-                info = z.getinfo("model.weights.h5")
-                if info.file_size > 64 * size + (1 << 20):
-                    raise CheckpointError("model.weights.h5 claims an implausible size", file=p)
-                source, size = io.BytesIO(z.read("model.weights.h5")), info.file_size
-                if "config.json" in names:
-                    model_config = z.read("config.json").decode("utf-8", "replace")
-                if "metadata.json" in names:
-                    version = json.loads(z.read("metadata.json")).get("keras_version")
-    except CheckpointError:
-        raise
-    except (zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"cannot read archive: {exc}", file=p) from None
+        version = json.loads(extras["metadata.json"]).get("keras_version") if "metadata.json" in extras else None
+    except (ValueError, AttributeError) as exc:
+        raise CheckpointError(f"cannot read archive: metadata.json: {exc}", file=p) from None
+    backend = None
     try:
         with h5py.File(source, "r") as f:
             for attrs in (f.attrs, f["model_weights"].attrs if "model_weights" in f else {}):
