@@ -229,9 +229,34 @@ def emit_source(
         *_load_lines(_text(weights_file) if weights_file else None),
         '"""',
         "",
-        "import torch",
     ]
-    if re.search(r"\bF\.", helper_text):
+    class_doc = f"Inputs: {ins}. Returns {out_doc}{'' if len(outs) == 1 else ' (sorted by name, as Caffe)'}."
+    return render_module(
+        lines, helper_text, class_name, class_doc, init, signature, returns, body, outs, probe=helper_text
+    )
+
+
+def render_module(
+    doc: list[str],
+    helper_text: str,
+    class_name: str,
+    class_doc: str,
+    init: list[str],
+    signature: str,
+    returns: str,
+    body: list[str],
+    rets: list[str],
+    *,
+    probe: str,
+) -> str:
+    """The generated file: ``doc`` (module docstring lines), the imports ``probe`` needs (``math``, ``F``), the
+    helpers, then the class with ``__init__``/``forward``; checked to parse (a generator bug must not produce a
+    file that does not even parse)."""
+    lines = list(doc)
+    if re.search(r"\bmath\.", probe):
+        lines += ["import math", ""]
+    lines.append("import torch")
+    if re.search(r"\bF\.", probe):
         lines.append("import torch.nn.functional as F")
     lines += ["from torch import nn", ""]
     if helper_text:
@@ -239,7 +264,7 @@ def emit_source(
     lines += [
         "",
         f"class {class_name}(nn.Module):",
-        f'    """Inputs: {ins}. Returns {out_doc}{"" if len(outs) == 1 else " (sorted by name, as Caffe)"}."""',
+        f'    """{class_doc}"""',
         "",
         "    def __init__(self) -> None:",
         "        super().__init__()",
@@ -247,11 +272,11 @@ def emit_source(
         "",
         f"    def forward({signature}) -> {returns}:",
         *body,
-        f"        return {', '.join(outs)}",
+        f"        return {', '.join(rets)}",
         "",
     ]
     text = "\n".join(lines)
-    ast.parse(text)  # a generator bug must not produce a file that does not even parse
+    ast.parse(text)
     return text
 
 

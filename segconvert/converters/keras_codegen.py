@@ -11,7 +11,6 @@ load with ``load_state_dict`` unchanged.
 
 from __future__ import annotations
 
-import ast
 import builtins
 import inspect
 import keyword
@@ -23,7 +22,7 @@ from segconvert.reference_models import keras_ops
 from segconvert.reference_models.caffe_generic import python_name
 from segconvert.reference_models.keras_generic import keras_generic_config
 
-from .caffe_codegen import _call, _literal, _load_lines, _text
+from .caffe_codegen import _call, _literal, _load_lines, _text, render_module
 
 __all__ = ["emit_source"]
 
@@ -115,29 +114,8 @@ def emit_source(
         '"""',
         "",
     ]
-    if re.search(r"\bmath\.", helper_text):
-        lines.append("import math")
-        lines.append("")
-    lines.append("import torch")
-    if re.search(r"\bF\.", helper_text + "\n".join(body)):
-        lines.append("import torch.nn.functional as F")
-    lines += ["from torch import nn", ""]
-    if helper_text:
-        lines += ["", helper_text, ""]
-    lines += [
-        "",
-        f"class {class_name}(nn.Module):",
-        f'    """Inputs: {ins}."""',
-        "",
-        "    def __init__(self) -> None:",
-        "        super().__init__()",
-        *init,
-        "",
-        f"    def forward(self, {', '.join(f'{a}: torch.Tensor' for a in args)}) -> {returns}:",
-        *body,
-        f"        return {', '.join(rets)}",
-        "",
-    ]
-    text = "\n".join(lines)
-    ast.parse(text)
-    return text
+    signature = "self, " + ", ".join(f"{a}: torch.Tensor" for a in args)
+    probe = helper_text + "\n".join(body)
+    return render_module(
+        lines, helper_text, class_name, f"Inputs: {ins}.", init, signature, returns, body, rets, probe=probe
+    )
