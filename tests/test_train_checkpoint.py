@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +16,7 @@ from segconvert.errors import WeightsFileError
 from segconvert.train.checkpoint import find_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segconvert.train.recipe_run import RunFolderError, train_recipe
 from tests.cli_runner import run_cli
-from tests.train_synth import write_init, write_voc
+from tests.train_synth import sigterm_after_three_iterations, write_init, write_voc
 
 SETS = ["solver.max_iter=8", "solver.iter_size=2", "solver.base_lr=0.003", "solver.display=1",
         "solver.average_loss=3", "solver.snapshot=0", "data.crop_size=33", "run.checkpoint_every=1",
@@ -101,24 +96,9 @@ def test_sigterm_mid_run_then_resume_gives_the_uninterrupted_result(tmp_path, da
     root, init = data
     sets = [*SETS, "solver.max_iter=40", "run.checkpoint_every=1000"]
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "segconvert.cli", "train", "--recipe", "deeplabv2-voc12", "--init", init, "--dataset",
-           "voc", "--root", root, "-o", out, "--quiet", *(a for s in sets for a in ("--set", s))]  # fmt: skip
-    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = out / "train_log.jsonl"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if log.is_file() and len(log.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.communicate()
-    os.kill(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    last = err.strip().splitlines()[-1]
-    stopped = int(last.split("after iteration ")[1].split(":")[0])
-    assert "interrupted by SIGTERM" in last and 3 <= stopped < 40
-    assert [it for it, _ in find_checkpoints(out)] == [stopped]
-    assert not (out / "final.safetensors").exists()
+    args = ["--recipe", "deeplabv2-voc12", "--init", init, "--dataset", "voc", "--root", root, "--quiet",
+            *(a for s in sets for a in ("--set", s))]  # fmt: skip
+    sigterm_after_three_iterations(args, out, max_iter=40, timeout=300)
     code, _, err = run_cli("train", "--resume", out, "--quiet")
     assert code == 0, err
     _run(tmp_path / "whole", data, sets=sets)

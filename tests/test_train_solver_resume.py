@@ -5,12 +5,7 @@ exits 143, and resuming it gives the uninterrupted result."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +15,7 @@ from safetensors.torch import load_file
 from segconvert.testing import fixture_path
 from segconvert.train.checkpoint import find_checkpoints, load_checkpoint
 from tests.cli_runner import run_cli
+from tests.train_synth import sigterm_after_three_iterations
 
 
 @pytest.fixture
@@ -78,24 +74,8 @@ def test_solver_sigterm_mid_run_then_resume_gives_the_uninterrupted_result(tmp_p
     solver = work / "solver.prototxt"
     solver.write_text(solver.read_text().replace("max_iter: 12", "max_iter: 3000"))  # long enough to be killed
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "segconvert.cli", "train", "--solver", solver, "--weights", work / "init.caffemodel",
-           "-o", out, "--checkpoint-every", 0]  # fmt: skip
-    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = out / "train_log.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if log.is_file() and len(log.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, proc.communicate()
-    os.kill(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    last = err.strip().splitlines()[-1]
-    stopped = int(last.split("after iteration ")[1].split(":")[0])
-    assert "interrupted by SIGTERM" in last and 3 <= stopped < 3000
-    assert [it for it, _ in find_checkpoints(out)] == [stopped]
-    assert not (out / "final.safetensors").exists()
+    args = ["--solver", solver, "--weights", work / "init.caffemodel", "--checkpoint-every", 0]
+    stopped = sigterm_after_three_iterations(args, out, max_iter=3000, timeout=120)
     stop = stopped + 4
     code, _, err = run_cli("train", "--resume", out, "--max-iter", stop)
     assert code == 0, err

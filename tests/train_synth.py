@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from segconvert.train.checkpoint import find_checkpoints
 
 COLOURS = {1: (220, 30, 30), 2: (30, 200, 40), 3: (40, 40, 230)}
 
@@ -67,3 +74,26 @@ def write_init(path: Path, num_classes: int = 91, divisor: int = 16, depth: int 
     }
     save_converted(path, model.state_dict(), meta)
     return path
+
+
+def sigterm_after_three_iterations(args: list, out: Path, max_iter: int, timeout: float) -> int:
+    """Run ``segconvert train ARGS -o OUT`` in a fresh process, SIGTERM it once its log has 3 iterations, check the
+    interrupted state (exit 143, one line, exactly one checkpoint at the stop, no final weights); the stop iteration."""
+    cmd = [sys.executable, "-m", "segconvert.cli", "train", *args, "-o", out]
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "train_log.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    last = err.strip().splitlines()[-1]
+    stopped = int(last.split("after iteration ")[1].split(":")[0])
+    assert "interrupted by SIGTERM" in last and 3 <= stopped < max_iter
+    assert [it for it, _ in find_checkpoints(out)] == [stopped]
+    assert not (out / "final.safetensors").exists()
+    return stopped
