@@ -97,3 +97,33 @@ def sigterm_after_three_iterations(args: list, out: Path, max_iter: int, timeout
     assert [it for it, _ in find_checkpoints(out)] == [stopped]
     assert not (out / "final.safetensors").exists()
     return stopped
+
+
+def write_psp_init(path: Path, num_classes: int = 21, divisor: int = 16, depth: int = 50, seed: int = 0) -> Path:
+    """A width-reduced PSPNet written as the converters write one (frozen BN, adaptive pyramid pooling), the
+    residual-closing BN scales damped (0.2) as in a trained net, so that training from it is well conditioned."""
+    import torch
+
+    from segconvert.reference_models.pspnet import PSPNet
+    from segconvert.weights.store import save_converted
+
+    torch.manual_seed(seed)
+    d = divisor
+    model = PSPNet(depth=depth, num_classes=num_classes, stem="deep", stem_widths=[64 // d, 64 // d, 128 // d],
+                   widths=[w // d for w in (64, 128, 256, 512)], ppm_width=512 // d, head_width=512 // d,
+                   ppm_mode="adaptive", norm="frozen")  # fmt: skip
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if name.endswith("bn3"):
+                m.weight.mul_(0.2)
+    meta = {
+        "arch": model.arch_name,
+        "config": model.config,
+        "num_classes": num_classes,
+        "input_size": None,
+        "preprocessing": {"channel_order": "RGB", "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375],
+                          "scale": 1.0},  # fmt: skip
+        "source": {"format": "caffe", "net_name": "synthetic PSPNet init"},
+    }
+    save_converted(path, model.state_dict(), meta)
+    return path

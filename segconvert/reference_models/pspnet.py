@@ -233,6 +233,7 @@ class PSPNet(nn.Module):
             if m is not None:
                 init_weights(m)
         self.grad_checkpointing = False
+        self.train_upsample = True  # False: training logits stay at 1/8 (labels shrunk instead; not in config)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Checkpoint the backbone stages, the pyramid pooling and the head in training forwards."""
@@ -249,12 +250,14 @@ class PSPNet(nn.Module):
         c3 = bb.run_stage("layer3", bb.run_stage("layer2", bb.run_stage("layer1", bb.run_stage("stem", x))))
         c4 = bb.run_stage("layer4", c3)
         if self.grad_checkpointing:
-            out = self.upsample(checkpoint_module(self.head, checkpoint_module(self.ppm, c4)), size)
+            low = checkpoint_module(self.head, checkpoint_module(self.ppm, c4))
         else:
-            out = self.upsample(self.head(self.ppm(c4)), size)
+            low = self.head(self.ppm(c4))
         if not self.training:
-            return out
-        result: dict[str, Tensor] = OrderedDict(out=out)
+            return self.upsample(low, size)
+        up = self.train_upsample
+        result: dict[str, Tensor] = OrderedDict(out=self.upsample(low, size) if up else low)
         if self.aux is not None:
-            result["aux"] = self.upsample(self.aux(c3), size)
+            aux = self.aux(c3)
+            result["aux"] = self.upsample(aux, size) if up else aux
         return result

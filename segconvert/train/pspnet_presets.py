@@ -17,6 +17,24 @@ IMAGENET_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
 IMAGENET_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
 
 
+def _run_values(**model: tuple[object, str]) -> dict[str, RecipeValue]:
+    """segconvert's run options (the CLI flags set them) and the per-source model details given."""
+    v, us = RecipeValue, "segconvert"
+    values = {
+        "solver.snapshot": v(0, f"{us}: converted-weights snapshot interval (0: final.safetensors only)"),
+        "run.num_workers": v(2, f"{us}: DataLoader processes per rank (the batches do not depend on it)"),
+        "run.checkpoint_every": v(1000, f"{us}: full-state checkpoint interval (iterations)"),
+        "run.keep_checkpoints": v(2, f"{us}: full-state checkpoints kept"),
+        "run.grad_accum": v(1, f"{us}: micro-batches per step and rank (per-rank batch = batch / world / this)"),
+        "run.amp": v("none", f"{us}: --amp none|bf16|fp16 (autocast; GradScaler for fp16)"),
+        "run.channels_last": v(False, f"{us}: --channels-last"),
+        "run.grad_checkpointing": v(False, f"{us}: --grad-checkpointing (backbone stages, pyramid, head)"),
+        "run.compile": v(False, f"{us}: --compile (torch.compile of the training forward)"),
+    }
+    values.update({k: v(val, src) for k, (val, src) in model.items()})
+    return values
+
+
 def _semseg(dataset: str, crop: int, epochs: int, classes: int, cfg: str) -> Recipe:
     v = RecipeValue
     train, tf = "tool/train.py", "util/transform.py"
@@ -63,6 +81,11 @@ def _semseg(dataset: str, crop: int, epochs: int, classes: int, cfg: str) -> Rec
         "model.ppm_mode": v("adaptive", "model/pspnet.py: nn.AdaptiveAvgPool2d(bin)"),
         "model.width_divisor": v(1, "segconvert: n divides every width (tests, CPU)"),
         "run.seed": v(0, "segconvert: the config's manual_seed is empty"),
+        **_run_values(**{
+            "model.dropout": (0.1, "model/pspnet.py: nn.Dropout2d(p=dropout), dropout=0.1 (cls and aux)"),
+            "model.dropout_kind": ("channel", "model/pspnet.py: nn.Dropout2d (whole channels)"),
+            "model.aux_head": ("psp", "model/pspnet.py: aux = conv3x3 256 + BN + ReLU + Dropout2d + conv1x1"),
+        }),
     }
     return Recipe(f"pspnet-semseg-{dataset}", f"PSPNet50 on {dataset} with hszhao/semseg's recipe", _SEMSEG, values)
 
@@ -111,6 +134,11 @@ def _l2sp(dataset: str, crop: int, rate2: float, max_iter: int, mode: int, class
         "model.ppm_mode": v("tf_same", "reference_models/pspnet.py: PSPNet-TF-Reproduce pools TF SAME"),
         "model.width_divisor": v(1, "segconvert: n divides every width (tests, CPU)"),
         "run.seed": v(0, "segconvert"),
+        **_run_values(**{
+            "model.dropout": (0.1, "segconvert: PSPNet's conv5_4 dropout 0.1 (not re-read from this source)"),
+            "model.dropout_kind": ("element", "segconvert: element-wise (not re-read from this source)"),
+            "model.aux_head": ("psp", "issue 12: aux head on stage 3 (3x3 256 + BN + ReLU + dropout + 1x1)"),
+        }),
     }
     return Recipe(f"pspnet-l2sp-{dataset}", f"PSPNet50 on {dataset}, PSPNet-TF-Reproduce (L2 / L2-SP)", _TFR, values)
 
@@ -155,6 +183,11 @@ def _fss() -> Recipe:
         "model.width_divisor": v(1, "segconvert: n divides every width (tests, CPU)"),
         "init.checkpoint": v("resnet_v1_50.ckpt", f"{cfg}: fine_tune_checkpoint (slim2torch converts it)"),
         "run.seed": v(0, "segconvert"),
+        **_run_values(**{
+            "model.dropout": (0.1, "segconvert: PSPNet's conv5_4 dropout 0.1 (not re-read from this source)"),
+            "model.dropout_kind": ("element", "segconvert: element-wise (not re-read from this source)"),
+            "model.aux_head": ("conv1x1", "issue 12: aux 0.4 as a 1x1 conv on block 2"),
+        }),
     }
     return Recipe("pspnet-fss-cityscapes", "PSPNet50 on Cityscapes, fast-semantic-segmentation", _FSS, values)
 

@@ -191,6 +191,13 @@ def train_recipe(
     if not resume and (run_file.exists() or latest_checkpoint(out) is not None):
         raise RunFolderError("already holds a training run: continue it with --resume, or choose another -o", file=out)
     ds = get_dataset(dataset, root, split)  # a wrong root fails here: nothing written yet
+    if resolved.values.get("model.arch") == "pspnet":  # the PyTorch-form presets (torchrun-aware)
+        from .psp_run import train_psp_recipe
+
+        return train_psp_recipe(out, resolved, dataset=ds, root=root, split=split, init=init, resume=resume,
+                                device=device, max_iter=max_iter, val_every=val_every, val_split=val_split,
+                                val_protocol=val_protocol, val_limit=val_limit, progress=progress,
+                                stream=stream)  # fmt: skip
     val_ds = val_proto = None
     if val_every:
         from segconvert.eval.protocols import get_protocol
