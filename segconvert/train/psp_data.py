@@ -68,15 +68,19 @@ class PSPSamples(Dataset):
         return image, torch.from_numpy(np.ascontiguousarray(label).astype(np.int64))
 
 
-class _EpochKeys(torch.utils.data.Sampler):
-    def __init__(self, keys: list[tuple[int, int]]) -> None:
-        self.keys = keys
+class _Keys(torch.utils.data.Sampler):
+    """``(epoch, index)`` keys from micro-batch ``start`` on, epoch after epoch (one DataLoader for the run)."""
+
+    def __init__(self, sampler: DistributedSampler, batch_size: int, per_epoch: int, start: int) -> None:
+        self.sampler, self.batch_size, self.per_epoch, self.start = sampler, batch_size, per_epoch, start
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter(self.keys)
-
-    def __len__(self) -> int:
-        return len(self.keys)
+        epoch, offset = divmod(self.start, self.per_epoch)
+        while True:
+            self.sampler.set_epoch(epoch)
+            order = list(self.sampler)[offset * self.batch_size : self.per_epoch * self.batch_size]
+            yield from ((epoch, i) for i in order)
+            epoch, offset = epoch + 1, 0
 
 
 class PSPBatches:
@@ -109,18 +113,17 @@ class PSPBatches:
         return self.done // self.per_epoch
 
     def _open(self) -> None:
-        epoch, offset = divmod(self.done, self.per_epoch)
-        self.sampler.set_epoch(epoch)
-        order = list(self.sampler)[offset * self.batch_size : self.per_epoch * self.batch_size]
-        loader = DataLoader(self.samples, batch_size=self.batch_size, sampler=_EpochKeys([(epoch, i) for i in order]),
-                            num_workers=self.num_workers, drop_last=True)  # fmt: skip
-        self._iter, self._left = iter(loader), len(order) // self.batch_size
+        keys = _Keys(self.sampler, self.batch_size, self.per_epoch, self.done)
+        # its own generator: creating the loader draws no number from the global RNG (Dropout's), so a resumed
+        # run's generator states stay those of the uninterrupted run; samples draw from sample_rng only
+        loader = DataLoader(self.samples, batch_size=self.batch_size, sampler=keys, num_workers=self.num_workers,
+                            drop_last=True, generator=torch.Generator().manual_seed(self.done))  # fmt: skip
+        self._iter = iter(loader)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._iter is None or self._left == 0:
+        if self._iter is None:
             self._open()
         batch = next(self._iter)  # type: ignore[arg-type]
-        self._left -= 1
         self.done += 1
         return batch
 

@@ -162,17 +162,17 @@ class PSPTrainNet(nn.Module):
 
     def forward(self, images: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:  # type: ignore[override]
         out = self.model(images)
-        main = out["out"].float()
-        if main.shape[-2:] != labels.shape[-2:]:
-            raise ValueError(f"logits {tuple(main.shape[-2:])} and labels {tuple(labels.shape[-2:])} differ in size")
-        losses = {"main": F.cross_entropy(main, labels, ignore_index=self.ignore_label)}
+        logits = out["out"]
+        if logits.shape[-2:] != labels.shape[-2:]:
+            raise ValueError(f"logits {tuple(logits.shape[-2:])} and labels {tuple(labels.shape[-2:])} differ in size")
+        losses = {"main": F.cross_entropy(logits.float(), labels, ignore_index=self.ignore_label)}
         total = losses["main"]
         if "aux" in out and self.aux_weight:
             losses["aux"] = F.cross_entropy(out["aux"].float(), labels, ignore_index=self.ignore_label)
             total = total + self.aux_weight * losses["aux"]
         with torch.no_grad():
             valid = labels != self.ignore_label
-            correct = ((main.argmax(1) == labels) & valid).sum()
+            correct = ((logits.max(1).indices == labels) & valid).sum()  # first maximum, as argmax
             metrics = {"correct": correct.float(), "valid": valid.sum().float()}
         return total, losses, metrics
 

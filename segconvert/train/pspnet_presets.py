@@ -81,11 +81,13 @@ def _semseg(dataset: str, crop: int, epochs: int, classes: int, cfg: str) -> Rec
         "model.ppm_mode": v("adaptive", "model/pspnet.py: nn.AdaptiveAvgPool2d(bin)"),
         "model.width_divisor": v(1, "segconvert: n divides every width (tests, CPU)"),
         "run.seed": v(0, "segconvert: the config's manual_seed is empty"),
-        **_run_values(**{
-            "model.dropout": (0.1, "model/pspnet.py: nn.Dropout2d(p=dropout), dropout=0.1 (cls and aux)"),
-            "model.dropout_kind": ("channel", "model/pspnet.py: nn.Dropout2d (whole channels)"),
-            "model.aux_head": ("psp", "model/pspnet.py: aux = conv3x3 256 + BN + ReLU + Dropout2d + conv1x1"),
-        }),
+        **_run_values(
+            **{
+                "model.dropout": (0.1, "model/pspnet.py: nn.Dropout2d(p=dropout), dropout=0.1 (cls and aux)"),
+                "model.dropout_kind": ("channel", "model/pspnet.py: nn.Dropout2d (whole channels)"),
+                "model.aux_head": ("psp", "model/pspnet.py: aux = conv3x3 256 + BN + ReLU + Dropout2d + conv1x1"),
+            }
+        ),
     }
     return Recipe(f"pspnet-semseg-{dataset}", f"PSPNet50 on {dataset} with hszhao/semseg's recipe", _SEMSEG, values)
 
@@ -134,11 +136,13 @@ def _l2sp(dataset: str, crop: int, rate2: float, max_iter: int, mode: int, class
         "model.ppm_mode": v("tf_same", "reference_models/pspnet.py: PSPNet-TF-Reproduce pools TF SAME"),
         "model.width_divisor": v(1, "segconvert: n divides every width (tests, CPU)"),
         "run.seed": v(0, "segconvert"),
-        **_run_values(**{
-            "model.dropout": (0.1, "segconvert: PSPNet's conv5_4 dropout 0.1 (not re-read from this source)"),
-            "model.dropout_kind": ("element", "segconvert: element-wise (not re-read from this source)"),
-            "model.aux_head": ("psp", "issue 12: aux head on stage 3 (3x3 256 + BN + ReLU + dropout + 1x1)"),
-        }),
+        **_run_values(
+            **{
+                "model.dropout": (0.1, "segconvert: PSPNet's conv5_4 dropout 0.1 (not re-read from this source)"),
+                "model.dropout_kind": ("element", "segconvert: element-wise (not re-read from this source)"),
+                "model.aux_head": ("psp", "issue 12: aux head on stage 3 (3x3 256 + BN + ReLU + dropout + 1x1)"),
+            }
+        ),
     }
     return Recipe(f"pspnet-l2sp-{dataset}", f"PSPNet50 on {dataset}, PSPNet-TF-Reproduce (L2 / L2-SP)", _TFR, values)
 
@@ -183,11 +187,13 @@ def _fss() -> Recipe:
         "model.width_divisor": v(1, "segconvert: n divides every width (tests, CPU)"),
         "init.checkpoint": v("resnet_v1_50.ckpt", f"{cfg}: fine_tune_checkpoint (slim2torch converts it)"),
         "run.seed": v(0, "segconvert"),
-        **_run_values(**{
-            "model.dropout": (0.1, "segconvert: PSPNet's conv5_4 dropout 0.1 (not re-read from this source)"),
-            "model.dropout_kind": ("element", "segconvert: element-wise (not re-read from this source)"),
-            "model.aux_head": ("conv1x1", "issue 12: aux 0.4 as a 1x1 conv on block 2"),
-        }),
+        **_run_values(
+            **{
+                "model.dropout": (0.1, "segconvert: PSPNet's conv5_4 dropout 0.1 (not re-read from this source)"),
+                "model.dropout_kind": ("element", "segconvert: element-wise (not re-read from this source)"),
+                "model.aux_head": ("conv1x1", "issue 12: aux 0.4 as a 1x1 conv on block 2"),
+            }
+        ),
     }
     return Recipe("pspnet-fss-cityscapes", "PSPNet50 on Cityscapes, fast-semantic-segmentation", _FSS, values)
 

@@ -1,0 +1,150 @@
+"""PSPNet presets on one process: schedule and parameter groups as the sources compute them, the loss terms, the
+init report, L2-SP's reference tensors, AMP / checkpointing / channels_last through the trainer, frozen BN, and
+resume after SIGTERM bit for bit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from segconvert.eval.datasets import get_dataset
+from segconvert.train.psp_run import build_psp_run
+from segconvert.train.recipes import get_recipe
+from tests.train_synth import sigterm_after_three_iterations, write_psp_init, write_voc
+
+SMALL = ["data.crop_size=[49,49]", "data.batch_size=2", "run.num_workers=0", "model.num_classes=21"]
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("psp_run")
+    write_voc(base / "voc", n=4, size=49)
+    return base / "voc", write_psp_init(base / "init.safetensors")
+
+
+def _run(recipe: str, voc: tuple[Path, Path], *over: str, init: bool = True):
+    root, init_path = voc
+    resolved = get_recipe(recipe).resolve([*SMALL, *over])
+    return build_psp_run(resolved, get_dataset("voc", root, "train_aug"), init=init_path if init else None)
+
+
+def test_semseg_schedule_groups_and_loss_terms(voc) -> None:
+    run = _run("pspnet-semseg-voc", voc, "solver.epochs=3")
+    t = run.trainer
+    assert run.max_iter == 3 * 2  # semseg: epochs x len(train_loader) (4 images / batch 2)
+    groups = t.optimizer.param_groups
+    names = {n for n, _ in run.model.named_parameters()}
+    assert sum(len(g["params"]) for g in groups) == len(names)  # every parameter, each once
+    assert all(g["weight_decay"] == 1e-4 and g["momentum"] == 0.9 for g in groups)
+    backbone = {id(p) for n, p in run.model.named_parameters() if n.startswith("backbone.")}
+    assert {id(p) for p in groups[0]["params"]} == backbone
+    seen = []
+    for it in range(4):
+        seen.append((groups[0]["lr"], groups[1]["lr"]))  # the rates the next step uses
+        rec = t.step()
+        assert rec.loss == pytest.approx(rec.mean_losses["main"] + 0.4 * rec.mean_losses["aux"], rel=1e-6)
+        assert rec.lr == pytest.approx(0.01 * (1 - it / 6) ** 0.9, rel=1e-12)
+    for it, (b, h) in enumerate(seen):  # poly_learning_rate(base_lr, curr_iter, max_iter, 0.9), heads x 10
+        want = 0.01 * (1 - it / 6) ** 0.9
+        assert b == pytest.approx(want, rel=1e-12) and h == pytest.approx(10 * want, rel=1e-12)
+    assert isinstance(run.model.head.dropout, torch.nn.Dropout2d) and isinstance(run.model.aux.dropout,
+                                                                                   torch.nn.Dropout2d)  # fmt: skip
+
+
+def test_tf_presets_compute_the_rate_before_the_step_with_the_same_sequence(voc) -> None:
+    run = _run("pspnet-l2sp-ade20k", voc, "solver.max_iter=5", "model.num_classes=21", init=True)
+    assert run.trainer.schedule == "poly_before_step"
+    rates = [run.trainer.step().lr for _ in range(3)]
+    assert rates == pytest.approx([0.01 * (1 - i / 5) ** 0.9 for i in range(3)], rel=1e-12)
+    assert all(g["weight_decay"] == 0.0 for g in run.trainer.optimizer.param_groups)  # the regulariser instead
+
+
+def test_l2sp_references_are_the_init_tensors_and_new_layers_are_named(voc) -> None:
+    run = _run("pspnet-l2sp-cityscapes", voc, "model.num_classes=21")
+    reg = run.trainer.regulariser
+    init = load_file(voc[1])
+    assert reg.mode == 1 and (reg.rate, reg.rate2) == (1e-4, 1e-3)
+    assert set(reg.pretrained) == {k for k in init if k.endswith("weight") and init[k].dim() == 4}
+    assert set(reg.new) == {"aux.block.conv.weight", "aux.classifier.weight"}
+    assert all(torch.equal(reg.ref[k], init[k]) for k in reg.pretrained)
+    rec = run.trainer.step()
+    assert rec.mean_losses["reg"] > 0 and rec.loss == pytest.approx(
+        rec.mean_losses["main"] + 0.4 * rec.mean_losses["aux"] + rec.mean_losses["reg"], rel=1e-6
+    )
+
+
+def test_fss_labels_shrunk_to_the_logits_and_a_1x1_aux(voc) -> None:
+    run = _run("pspnet-fss-cityscapes", voc, "model.num_classes=21", "data.label_shrink=8")
+    images, labels = run.data.next_batch()
+    assert labels.shape[-2:] == (7, 7)  # ceil(49 / 8)
+    run.net.train()
+    out = run.model(images)
+    assert out["out"].shape[-2:] == (7, 7) and out["aux"].shape[-2:] == (7, 7)
+    assert [type(m).__name__ for m in run.model.aux] == ["Conv2d"]
+    bn = [m for m in run.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bn and all(m.momentum == 0.0003 and m.eps == 1e-5 for m in bn)
+
+
+def test_init_report_names_new_and_reinitialised_tensors(voc, tmp_path: Path) -> None:
+    other = write_psp_init(tmp_path / "ade.safetensors", num_classes=150)
+    root, _ = voc
+    run = build_psp_run(get_recipe("pspnet-semseg-voc").resolve(SMALL), get_dataset("voc", root, "train_aug"),
+                        init=other)  # fmt: skip
+    rep = run.init_report
+    assert rep["reinitialised"] == ["head.classifier.weight", "head.classifier.bias"]
+    assert sorted({k.split(".")[0] for k in rep["new"]}) == ["aux"]
+    assert all(k.startswith("backbone.") or k.startswith(("ppm.", "head.")) for k in rep["initialised"])
+    init = load_file(other)
+    own = run.model.state_dict()
+    assert all(torch.equal(own[k], init[k]) for k in rep["initialised"])
+
+
+@pytest.mark.parametrize("amp", ["bf16", "none"])
+def test_amp_checkpointing_channels_last_train_and_frozen_bn_stays_frozen(voc, amp: str) -> None:
+    over = [f"run.amp={amp}", "run.grad_checkpointing=true", "run.channels_last=true", "solver.epochs=20"]
+    run = _run("pspnet-semseg-voc", voc, *over, "model.norm=frozen")
+    before = {k: v.clone() for k, v in run.model.state_dict().items() if ".bn" in k or "bn." in k}
+    losses = [run.trainer.step().mean_losses["main"] for _ in range(6)]
+    assert losses[-1] < losses[0]
+    after = run.model.state_dict()
+    assert before and all(torch.equal(v, after[k]) for k, v in before.items())  # no BN tensor moved
+    state = run.trainer.state_dict()
+    assert state["amp"]["mode"] == amp
+
+
+def test_fp16_scaler_state_is_checkpointed(voc) -> None:
+    run = _run("pspnet-semseg-voc", voc, "run.amp=fp16")
+    assert run.trainer.amp.scaler is not None
+    state = run.trainer.state_dict()
+    assert state["amp"]["scaler"]["scale"] is not None
+
+
+def test_sigterm_then_resume_equals_the_uninterrupted_run_bit_for_bit(voc, tmp_path: Path) -> None:
+    root, init = voc
+    sets = [a for s in [*SMALL, "run.checkpoint_every=0"] for a in ("--set", s)]
+    args = ["--recipe", "pspnet-semseg-voc", "--dataset", "voc", "--root", root, "--init", init, "--quiet", *sets,
+            "--max-iter", "6"]  # fmt: skip
+    whole = tmp_path / "whole"
+    env_args = [*args, "--set", "run.num_workers=2"]  # worker processes: the same batches
+    proc = subprocess.run([sys.executable, "-m", "segconvert", "train", *map(str, env_args), "-o", str(whole)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cut = tmp_path / "cut"
+    stopped = sigterm_after_three_iterations(args, cut, 6, timeout=300)
+    resume = [sys.executable, "-m", "segconvert", "train", "--resume", str(cut), "--max-iter", "6", "--quiet"]
+    res = subprocess.run(resume, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"from {stopped}" in res.stdout
+    log = [json.loads(x) for x in (cut / "train_log.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (whole / "train_log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in log] == [r["loss"] for r in ref]
+    a, b = load_file(cut / "final.safetensors"), load_file(whole / "final.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    shutil.rmtree(cut)
