@@ -148,3 +148,28 @@ def test_sigterm_then_resume_equals_the_uninterrupted_run_bit_for_bit(voc, tmp_p
     a, b = load_file(cut / "final.safetensors"), load_file(whole / "final.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     shutil.rmtree(cut)
+
+
+def test_fss_preset_from_the_slim_resnet_v1_50_checkpoint(voc, tmp_path: Path) -> None:
+    """fast-semantic-segmentation's init: the TF-Slim ``resnet_v1_50.ckpt`` (real TF fixture, widths / 8) through
+    slim2torch; the backbone takes its structure and every tensor, the pyramid / head / aux are new."""
+    from segconvert.commands.convert_tf import convert_slim_files
+    from segconvert.testing import fixture_path
+
+    ckpt = fixture_path("tf", "slim_resnet_v1_50_os8") / "resnet_v1_50.ckpt"
+    weights = tmp_path / "resnet_v1_50.safetensors"
+    convert_slim_files(ckpt, weights, arch="resnet")
+    root, _ = voc
+    over = [*SMALL, "model.num_classes=21", "data.label_shrink=8", "solver.max_iter=3"]
+    run = build_psp_run(get_recipe("pspnet-fss-cityscapes").resolve(over), get_dataset("voc", root, "train_aug"),
+                        init=weights)  # fmt: skip
+    rep = run.init_report
+    src = load_file(weights)
+    assert {k.removeprefix("backbone.") for k in rep["initialised"]} == {
+        k for k in src if not k.endswith("num_batches_tracked")
+    }
+    assert sorted({k.split(".")[0] for k in rep["new"]}) == ["aux", "head", "ppm"] and not rep["reinitialised"]
+    assert run.model.config["stem"] == "7x7" and run.model.config["padding"] != "caffe"
+    assert run.model.backbone.out_channels == 256  # the fixture's widths / 8
+    rec = run.trainer.step()
+    assert rec.mean_losses["reg"] > 0 and rec.iteration == 1
