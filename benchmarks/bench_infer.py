@@ -10,8 +10,26 @@ own fresh process with the same thread count, alternating, ``--repeat`` times:
 - ``opencv``: ``cv2.dnn.readNetFromCaffe`` on the same net (the OpenCV-readable twin segconvert's parity
   runner writes: PSPNet's ``BN`` as BatchNorm + Scale, ``Interp`` as OpenCV's), OpenCV's default fusion on.
 
-Reported: median forward seconds (after warm-up) and peak RSS (``ru_maxrss``) of each; ratios fused vs
-eager, fused vs OpenCV, and RSS fused / OpenCV. Targets (issue 15): >= 1.3x eager, >= 1.0x OpenCV, RSS <= 0.5x.
+Reported: median forward seconds (after warm-up) and peak RSS (``VmHWM``) of each, also after each stage
+(process start, model loaded, first forward); ratios fused vs eager, fused vs OpenCV, and RSS fused / OpenCV.
+Targets (issue 15): >= 1.3x eager, >= 1.0x OpenCV, RSS <= 0.5x. Every runner pins glibc's mmap threshold
+(``--mmap-threshold`` MiB, 0: glibc's dynamic default), as ``segconvert eval`` does.
+
+Peak RSS measured on the 2-core machine (2 threads, load average 4-5, one run each), full width:
+
+==============  ==============  ===========  =============  ======  ==============
+net             before          load fixed   + mmap thresh  OpenCV  fused / OpenCV
+                eager / fused   eager/fused  eager / fused
+==============  ==============  ===========  =============  ======  ==============
+PSPNet50 473    781 / 1033 MB   742 / 842    664 / 746      1387    0.54 (was 0.72)
+DeepLab-v2 513  --              --           632 / 654      1414    0.46
+==============  ==============  ===========  =============  ======  ==============
+
+Where it went (PSPNet50): loading held the weights twice (the file's tensors and a randomly initialised
+model, +180 MB) and folding made float64 copies of whole weights (+360 MB for the 4096->512 3x3 conv);
+now the model is built on the meta device and given the file's tensors, and folding runs in 512 KB blocks.
+Left: ~190 MB of libtorch pages, ~80 MB of Python modules the meta-device fusion trace imports, and
+oneDNN's per-call weight / input reorder of that conv (+107 MB, +51 MB with channels_last).
 
 ``--gpu``: the PSPNet101 Cityscapes protocol (713 sliding, flip) over ``--images`` synthetic 1024x2048 images
 on CUDA with bf16 autocast (images/s, network / protocol split, ``torch.cuda.max_memory_allocated``).
@@ -48,6 +66,11 @@ RUNNERS = ("eager", "fused", "opencv")
 def _child(args: argparse.Namespace) -> None:
     import numpy as np
 
+    from segconvert.inference.memory import fix_mmap_threshold, peak_rss
+
+    if args.mmap_threshold > 0:  # every runner alike: glibc returns freed activations at once
+        fix_mmap_threshold(args.mmap_threshold)
+    stages = {"start": peak_rss()}
     x = np.random.default_rng(0).normal(0, 40, (1, 3, args.size, args.size)).astype(np.float32)
     times = []
     if args.child == "opencv":
@@ -61,6 +84,8 @@ def _child(args: argparse.Namespace) -> None:
         def forward() -> None:
             net.setInput(x)
             net.forward()
+
+        stages["loaded"] = peak_rss()
     else:
         import torch
 
@@ -68,6 +93,7 @@ def _child(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(args.threads)
         model = segconvert.load_model(args.weights, fuse=args.child == "fused")
+        stages["loaded"] = peak_rss()
         xt = torch.from_numpy(x)
 
         def forward() -> None:
@@ -79,8 +105,12 @@ def _child(args: argparse.Namespace) -> None:
         forward()
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"median_s": statistics.median(times), "times_s": times, "peak_rss": rss}))
+        if i == 0:
+            stages["first_forward"] = peak_rss()
+    rss = max(peak_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    stages["end"] = rss
+    out = {"median_s": statistics.median(times), "times_s": times, "peak_rss": rss, "peak_rss_by_stage": stages}
+    print(json.dumps(out))
 
 
 # ------------------------------------------------------------------------------------------ parent
@@ -141,7 +171,7 @@ def _run_child(kind: str, files: dict, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--size", str(files["size"]), "--threads", str(args.threads)]
     cmd += ["--runs", str(args.runs), "--warmup", str(args.warmup)]
     cmd += ["--weights", str(files["weights"]), "--prototxt", str(files["cv_proto"])]
-    cmd += ["--caffemodel", str(files["cv_model"])]
+    cmd += ["--caffemodel", str(files["cv_model"]), "--mmap-threshold", str(args.mmap_threshold)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -158,10 +188,14 @@ def _cpu(args: argparse.Namespace) -> dict:
                     runs[kind].append(_run_child(kind, files, args))
             med = {k: statistics.median(r["median_s"] for r in v) for k, v in runs.items()}
             rss = {k: max(r["peak_rss"] for r in v) for k, v in runs.items()}
+            by_stage = {
+                k: {s: round(b / 2**20) for s, b in v[-1]["peak_rss_by_stage"].items()} for k, v in runs.items()
+            }
             results[name] = {
                 "input": [1, 3, files["size"], files["size"]],
                 "median_s": med,
                 "peak_rss_mb": {k: round(v / 2**20) for k, v in rss.items()},
+                "peak_rss_mb_by_stage": by_stage,
                 "fused_vs_eager": med["eager"] / med["fused"],
                 "fused_vs_opencv": med["opencv"] / med["fused"],
                 "rss_fused_over_opencv": rss["fused"] / rss["opencv"],
@@ -222,6 +256,12 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="the CUDA Cityscapes protocol run instead")
     ap.add_argument("--images", type=int, default=500)
     ap.add_argument("--gpu-batch", type=int, default=8)
+    ap.add_argument(
+        "--mmap-threshold",
+        type=float,
+        default=1.0,
+        help="MiB: glibc's mmap threshold pinned in every runner (segconvert.inference.memory; 0: glibc's default)",
+    )
     ap.add_argument("--json", action="store_true")
     for hidden in ("--child", "--weights", "--prototxt", "--caffemodel"):
         ap.add_argument(hidden, help=argparse.SUPPRESS)
@@ -242,6 +282,11 @@ def main() -> None:
     for name, r in res["results"].items():
         m, rss = r["median_s"], r["peak_rss_mb"]
         print(f"{name} {r['input']}: " + ", ".join(f"{k} {m[k]:.3f} s / {rss[k]} MB" for k in RUNNERS))
+        for k in RUNNERS:
+            print(
+                f"  {k} peak RSS by stage (MB): "
+                + ", ".join(f"{s} {v}" for s, v in r["peak_rss_mb_by_stage"][k].items())
+            )
         print(
             f"  fused vs eager {r['fused_vs_eager']:.2f}x, fused vs OpenCV {r['fused_vs_opencv']:.2f}x, "
             f"RSS fused/OpenCV {r['rss_fused_over_opencv']:.2f}"

@@ -121,8 +121,12 @@ def write_psp_init(path: Path, num_classes: int = 21, divisor: int = 16, depth: 
         "config": model.config,
         "num_classes": num_classes,
         "input_size": None,
-        "preprocessing": {"channel_order": "RGB", "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375],
-                          "scale": 1.0},  # fmt: skip
+        "preprocessing": {
+            "channel_order": "RGB",
+            "mean": [123.675, 116.28, 103.53],
+            "std": [58.395, 57.12, 57.375],
+            "scale": 1.0,
+        },  # fmt: skip
         "source": {"format": "caffe", "net_name": "synthetic PSPNet init"},
     }
     save_converted(path, model.state_dict(), meta)

@@ -51,6 +51,18 @@ def _run_options(f: Any) -> Any:
         ),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps."),
         click.option("--batch-size", type=int, default=None, help="Crops per forward (default: 8 on CUDA, 1 on CPU)."),
+        click.option(
+            "--batch-memory",
+            type=click.FloatRange(min=1),
+            default=None,
+            help="MiB: crops per forward from this budget, measured on the first crop (instead of --batch-size).",
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=0),
+            default=None,
+            help="Processes decoding images (default: half the CPUs, at most 4; 0: in the main process).",
+        ),
         click.option("--amp/--no-amp", default=None, help="Autocast: float16 on CUDA (default on), bfloat16 on CPU."),
         click.option("--json", "as_json", is_flag=True, help="Print the results as JSON."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
@@ -81,51 +93,20 @@ def _check_save_pred(run: dict[str, Any]) -> None:
         check_output_path(run["save_pred"], directory=True)
 
 
-def _check_model_fits(weights: str, meta: dict[str, Any], ds: Any) -> None:
-    """Refuse weights whose recorded class count is not the dataset's, before any forward pass."""
-    from segconvert.errors import WeightsFileError
-
-    n = meta.get("num_classes")
-    if isinstance(n, int) and n and n != ds.num_classes:
-        raise WeightsFileError(
-            f"the weights predict {n} classes but {ds.name} has {ds.num_classes}: wrong dataset or wrong weights",
-            file=weights,
-            key="num_classes",
-        )
-
-
 def _preprocessing(weights: str, meta: dict[str, Any], mean: str | None, std: str | None, order: str | None) -> Any:
     """:func:`segconvert.commands._args.resolve_preprocessing` with ``order`` 'BGR' / 'RGB' / None."""
     return resolve_preprocessing(weights, meta, mean, std, None if order is None else order.upper() == "BGR")
 
 
 def _run(model: Any, ds: Any, proto: Any, dev: Any, run: dict[str, Any], preprocessing: Any = None) -> Any:
-    """``evaluate`` with the shared run options (``run``: the click values of :func:`_run_options`)."""
-    from segconvert.eval.runner import evaluate
+    """:func:`segconvert.eval.session.run_cli_evaluation`, printing its ``--benchmark`` line on stderr."""
+    from segconvert.eval.session import run_cli_evaluation
 
-    if not run.get("no_fuse"):
-        from segconvert.inference.prepare import prepare_model
-
-        model = prepare_model(model, fuse=True)  # the inference form; the weights file is not touched
-    result = evaluate(
-        model,
-        ds,
-        proto,
-        device=dev,
-        batch_size=run["batch_size"],
-        amp=run["amp"],
-        limit=run["limit"],
-        save_pred=run["save_pred"],
-        preprocessing=preprocessing,
-        progress=not run["quiet"],
-        time_network=bool(run.get("benchmark")),
-    )
-    report = getattr(model, "segconvert_fuse", None)
-    result.info["fused_layers"] = len(report.folded) if report is not None else 0  # 0: the plain module ran
-    if run.get("benchmark"):
-        from segconvert.eval.runner import timing_split
-
-        click.echo(timing_split(result.info["timing"]), err=True)
+    if run.get("batch_size") and run.get("batch_memory"):
+        raise click.UsageError("give --batch-size (crops per forward) or --batch-memory (a budget), not both")
+    result, bench = run_cli_evaluation(model, ds, proto, dev, run, preprocessing)
+    if bench:
+        click.echo(bench, err=True)
     return result
 
 
@@ -172,7 +153,9 @@ def eval_cmd(
     ds = get_dataset(dataset, root, split)
     model, dev = _load_model(weights, run["device"])
     meta = getattr(model, "segconvert_meta", {}) or {}
-    _check_model_fits(weights, meta, ds)  # before any forward pass
+    from segconvert.eval.session import check_model_fits
+
+    check_model_fits(weights, meta, ds)  # before any forward pass
     prep = resolve_preprocessing(weights, meta, mean, std, bgr)
     name = protocol or default_protocol_name(meta)
     overrides: dict[str, Any] = {}
@@ -367,7 +350,9 @@ def reproduce(
     ds = get_dataset(entry["dataset"], root, split)
     model, dev = _load_model(weights, run["device"])
     meta = getattr(model, "segconvert_meta", {}) or {}
-    _check_model_fits(weights, meta, ds)  # before any forward pass
+    from segconvert.eval.session import check_model_fits
+
+    check_model_fits(weights, meta, ds)  # before any forward pass
     notes = []
     if meta.get("arch") and meta["arch"] != entry["arch"]:
         notes.append(f"weights are arch '{meta['arch']}', the zoo entry is '{entry['arch']}'")
@@ -382,6 +367,10 @@ def reproduce(
     if limit is not None and limit < len(ds):
         notes.append(f"only {limit} of {len(ds)} images: the comparison is indicative only")
     result = _run(model, ds, proto, dev, run)
+    from segconvert.eval.distributed import is_main_process
+
+    if not is_main_process():  # torchrun: every rank holds the reduced result; rank 0 prints the comparison
+        return
     rows = []
     for s in same:
         ours = _ours(result, s["metric"])

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import click
 
 from segconvert.commands._args import ExistingPath
-from segconvert.commands.train_recipe import recipe_options, run_recipe_cli, wants_recipe
+from segconvert.commands.train_recipe import given_torch_flags, recipe_options, run_recipe_cli, wants_recipe
 
 
 def run_train(
@@ -34,8 +34,10 @@ def run_train(
     stream: TextIO | None = None,
 ) -> Any:
     """Check the output folder, build the trainer (all input errors happen here, before anything is written),
-    then train with snapshots, ``train_log.jsonl`` and full-state checkpoints (``OUT/checkpoints``, every
-    ``checkpoint_every`` iterations, default the solver's ``snapshot``; 0: only on SIGINT/SIGTERM) in ``output``.
+    then train with snapshots, ``train_log.jsonl`` (the solver's test phase as ``"event": "test"`` records, its
+    Caffe lines on ``stream``), ``tensorboard/`` events when TensorBoard is installed, and full-state checkpoints
+    (``OUT/checkpoints``, every ``checkpoint_every`` iterations, default the solver's ``snapshot``; 0: only on
+    SIGINT/SIGTERM) in ``output``.
     ``resume=True`` continues ``output`` from its latest checkpoint with the recorded solver, weights and options
     (``max_iter`` may extend it). Raises :class:`~segconvert.train.checkpoint.TrainingInterrupted` after writing
     the final checkpoint on a signal. Returns the trainer (``.started_at``: the iteration it began at)."""
@@ -43,7 +45,7 @@ def run_train(
     from segconvert.train.build import trainer_from_solver
     from segconvert.train.callbacks import LogHook, run_checkpointed
     from segconvert.train.checkpoint import Checkpointer, latest_checkpoint, load_checkpoint
-    from segconvert.train.log import JsonlLog
+    from segconvert.train.log import JsonlLog, TensorBoardLog, tensorboard_available
     from segconvert.train.recipe_run import RunFolderError
     from segconvert.train.snapshots import SnapshotHook
 
@@ -83,15 +85,24 @@ def run_train(
         "max_iter": trainer.max_iter,
     }
     trainer.started_at = Checkpointer.restore(trainer, state) if state is not None else 0
-    if len(trainer.solver.test_iter) and int(trainer.solver.test_interval) > 0:
-        print(f"note: the solver's test_iter/test_interval (TEST-phase net every {trainer.solver.test_interval} "
-              "iterations) are not run; use --val-every with a --recipe run for periodic validation",
-              file=stream)  # fmt: skip
+    test = trainer.solver_test  # the solver's test phase (Caffe's TestAll), after the iteration's log record
+    if test is not None:
+        trainer.hooks.remove(test)
+        if state is not None and "solver_test" in state["extra"]:
+            test.load_state_dict(state["extra"]["solver_test"])
     snapshots = SnapshotHook(output, int(trainer.solver.snapshot))
     output.mkdir(parents=True, exist_ok=True)
-    log = LogHook(jsonl=JsonlLog(output / "train_log.jsonl", start=trainer.started_at))
-    trainer.hooks.extend([log, snapshots, *(hooks or [])])
-    checkpointer = Checkpointer(output, every, int(keep_checkpoints), extra=lambda: {"solver_run": record})
+    jsonl = JsonlLog(output / "train_log.jsonl", start=trainer.started_at)
+    tb = TensorBoardLog(output / "tensorboard", start=trainer.started_at) if tensorboard_available() else None
+    log = LogHook(jsonl=jsonl, tensorboard=tb)
+    if test is not None:
+        test.jsonl, test.stream, test.tensorboard = jsonl, stream, tb
+    trainer.hooks.extend([log, *([test] if test is not None else []), snapshots, *(hooks or [])])
+
+    def extra() -> dict[str, Any]:
+        return {"solver_run": record, **({"solver_test": test.state_dict()} if test is not None else {})}
+
+    checkpointer = Checkpointer(output, every, int(keep_checkpoints), extra=extra)
     trainer.snapshots = snapshots
     run_checkpointed(trainer, checkpointer)
     return trainer
@@ -149,6 +160,10 @@ def train(
         return
     from segconvert.train.checkpoint import TrainingInterrupted
 
+    flags = given_torch_flags(recipe_args)
+    if flags:
+        raise click.UsageError(f"{', '.join(flags)} apply to the PSPNet presets (--recipe pspnet-...); a --solver run "
+                               "keeps Caffe's float32 arithmetic in one process")  # fmt: skip
     resume = recipe_args["resume"]
     if resume is not None:
         if solver is not None or weights is not None or init is not None:

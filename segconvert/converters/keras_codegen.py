@@ -27,12 +27,12 @@ from .caffe_codegen import _call, _literal, _load_lines, _text, render_module
 __all__ = ["emit_source"]
 
 _DEPENDS = {
-    "Conv": ("tf_same_pads", "_pad_input"),
-    "SeparableConv": ("tf_same_pads", "_pad_input"),
+    "Conv": ("tf_same_pads", "_pad_input", "_same_as_zero_taps"),
+    "SeparableConv": ("tf_same_pads", "_pad_input", "_same_as_zero_taps"),
     "Pool": ("tf_same_pads",),
     "MaxPoolWithArgmax": ("tf_same_pads",),
 }
-_ORDER = ("tf_same_pads", "_pad_input", *[n for n in keras_ops.__all__ if n[0].isupper()])
+_ORDER = ("tf_same_pads", "_pad_input", "_same_as_zero_taps", *[n for n in keras_ops.__all__ if n[0].isupper()])
 _ACT = {
     "relu": "F.relu({x})", "relu6": "F.relu6({x})", "sigmoid": "torch.sigmoid({x})", "tanh": "torch.tanh({x})",
     "softmax": "F.softmax({x}, dim={dim})", "log_softmax": "F.log_softmax({x}, dim={dim})",

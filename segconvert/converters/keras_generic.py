@@ -130,6 +130,8 @@ def convert_keras_file(kf: KerasFile, *, nhwc: bool = False) -> KerasConversion:
     steps, state, sources, notes, problems = [], {}, {}, [], []
     for node in graph.nodes:
         layer = node.layer
+        if problems and any(t not in tensors for t in node.inputs):  # after an unsupported layer: report only it
+            continue
         ranks = [tensors[t][0] for t in node.inputs]
         layouts = [tensors[t][1] for t in node.inputs]
         if layer.path in first:  # a shared layer's later call runs the same module with the same layouts

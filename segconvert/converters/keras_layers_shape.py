@@ -72,8 +72,8 @@ def _shape_ops(c: Ctx) -> LayerSpec:
         key = "padding" if cls.startswith("Zero") else "cropping"
         return LayerSpec("ZeroPad" if key == "padding" else "Crop", [_pads(cfg.get(key, 1), rank - 2)], {}, [lay], lay)
     if cls == "Flatten":
-        if cfg.get("data_format") == "channels_first" and rank > 2:
-            raise Unsupported("channels_first Flatten")
+        if cfg.get("data_format") == "channels_first" and rank > 2:  # Keras moves the channels last first
+            return LayerSpec("Flatten", [], {"channels_first": True}, ["keras"], "keras", [2])
         return LayerSpec("nn.Flatten", [], {}, ["keras"], "keras", [2])
     if cls == "Reshape":
         shape = [int(v) for v in cfg["target_shape"]]

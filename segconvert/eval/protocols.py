@@ -167,19 +167,36 @@ class Runtime:
 
     Defaults follow the device: on CUDA 8 crops per forward, channels_last and float16 autocast; on CPU one
     crop at a time (batching measured within 10 % of it there), contiguous, float32. ``amp=True`` on CPU selects
-    bfloat16 autocast; ``amp=False`` / ``channels_last=False`` switch them off anywhere.
+    bfloat16 autocast; ``amp=False`` / ``channels_last=False`` switch them off anywhere. ``batch_memory``
+    (MiB, used when ``batch_size`` is not given): crops per forward from that budget, measured per crop size
+    on the first crop (:mod:`segconvert.eval.batching`).
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int | None = None
     amp: bool | None = None
     channels_last: bool | None = None
+    batch_memory: float | None = None
+    fitted: dict[tuple[int, ...], int] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def crops_per_forward(self) -> int:
         if self.batch_size:
             return max(1, int(self.batch_size))
+        if self.batch_memory and self.fitted:
+            return max(self.fitted.values())
         return 8 if self.device.type == "cuda" else 1
+
+    def crops_for(self, model: nn.Module, crop: torch.Tensor) -> int:
+        """Crops per forward for crops shaped like ``crop`` (1, C, h, w): the budget's, else the fixed count."""
+        if self.batch_size or not self.batch_memory:
+            return self.crops_per_forward
+        key = tuple(crop.shape[1:])
+        if key not in self.fitted:
+            from segconvert.eval.batching import crops_for_budget
+
+            self.fitted[key] = crops_for_budget(model, crop.contiguous(), self, self.batch_memory)
+        return self.fitted[key]
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -237,7 +254,9 @@ def slide(
     """
     acc: torch.Tensor | None = None
     count = torch.zeros(1, x.shape[1], x.shape[2], dtype=acc_dtype, device=x.device)
-    per_batch = max(1, rt.crops_per_forward // 2) if flip else rt.crops_per_forward
+    first = windows[0]
+    n = rt.crops_for(model, x[None, :, first.y0 : first.y1, first.x0 : first.x1])
+    per_batch = max(1, n // 2) if flip else n
     for chunk in _chunks(list(windows), per_batch):
         crops = torch.stack([x[:, w.y0 : w.y1, w.x0 : w.x1] for w in chunk])
         if flip:

@@ -90,8 +90,12 @@ def timing_split(timing: dict[str, Any]) -> str:
     net = float(timing.get("network", 0.0))
     proto = max(float(timing.get("inference", 0.0)) - net, 0.0)
     ips = timing.get("images_per_second")
+    workers = int(timing.get("workers", 0))
+    decode = f"decode {timing.get('load', 0.0):.2f}s"
+    if workers:
+        decode += f" (summed over {workers} workers; waited {timing.get('wait', 0.0):.2f}s for them)"
     parts = [
-        f"decode {timing.get('load', 0.0):.2f}s",
+        decode,
         f"protocol {proto:.2f}s",
         f"network {net:.2f}s ({timing.get('forwards', 0)} forwards)",
         f"metrics {timing.get('metric', 0.0):.2f}s",
@@ -131,18 +135,25 @@ def evaluate(
     progress: bool = True,
     on_image: Callable[[int, np.ndarray], None] | None = None,
     time_network: bool = False,
+    workers: int = 0,
+    batch_memory: float | None = None,
 ) -> EvalResult:
     """Predict every image with ``protocol`` and score it with the dataset's metric (accumulated on device).
 
-    ``batch_size``, ``amp`` and ``channels_last`` default by device (see :class:`Runtime`). The result's
-    ``info["timing"]`` separates loading, inference and metric seconds.
+    ``batch_size``, ``amp`` and ``channels_last`` default by device (see :class:`Runtime`); ``batch_memory``
+    (MiB): crops per forward from a memory budget instead (``batch_size`` wins when both are given).
+    ``workers``: images and ground truth decoded by that many DataLoader worker processes (0: in this
+    process); the scores do not depend on it. The result's ``info["timing"]`` separates decode (``load``: the
+    seconds spent decoding, summed over the workers; ``wait``: the seconds this process waited for decoded
+    images), inference and metric seconds.
     """
     from segconvert.eval import distributed as dist_eval
+    from segconvert.eval.loader import decoded
 
     dev = dist_eval.rank_device(resolve_device(device))
     rank, world, created = dist_eval.join_group(dev) if dist_eval.world_info()[2] > 1 else (0, 1, False)
     prep = preprocessing or Preprocessing.from_model(model)
-    rt = Runtime(dev, batch_size, amp, channels_last)
+    rt = Runtime(dev, batch_size, amp, channels_last, batch_memory=batch_memory)
     model = model.eval().to(dev, memory_format=rt.memory_format)
     timed = _TimedForward(model, dev) if time_network else None
     if timed is not None:
@@ -158,12 +169,20 @@ def evaluate(
     timer = _Timer(dev)
     start = time.perf_counter()
     bar = _progress(len(indices), f"eval {dataset.name}", progress and rank == 0)
+    items = decoded(dataset, indices, workers)
     try:
-        for i in indices:
+        while True:
             t0 = time.perf_counter()
-            image = dataset.load_image(i)
-            target = dataset.load_target(i)
+            item = next(items, None)
+            if item is None:
+                break
+            if item.error is not None:
+                raise item.error
+            i, image, target = item.index, item.image, item.target
+            assert image is not None and target is not None
             t1 = time.perf_counter()
+            timer.add("wait", t1 - t0)
+            timer.add("load", item.seconds)
             scores = protocol.predict(model, image, prep, rt)
             pred = scores.argmax(0)
             if scores.shape[0] <= 255:
@@ -190,11 +209,11 @@ def evaluate(
                     save_prediction(dataset, i, pred_np, image, out_dir)
                 if on_image is not None:
                     on_image(i, pred_np)
-            timer.add("load", t1 - t0)
             timer.add("inference", t2 - t1)
             timer.add("metric", t3 - t2)
             bar.update(1)
     finally:
+        items.close()  # stops the workers when the loop ends early
         bar.close()
     elapsed = time.perf_counter() - start
     result = scorer.result()  # sharded: reduced over the ranks, the one-process scores on every rank
@@ -210,8 +229,15 @@ def evaluate(
             "channels_last": rt.memory_format == torch.channels_last,
             "autocast": str(rt.autocast_dtype).replace("torch.", "") if rt.autocast_dtype else None,
         },
-        timing={"seconds": elapsed, "images_per_second": n / elapsed if elapsed else None, **timer.total},
+        timing={
+            "seconds": elapsed,
+            "images_per_second": n / elapsed if elapsed else None,
+            "workers": int(workers),
+            **timer.total,
+        },
     )
+    if batch_memory:
+        result.info["runtime"]["batch_memory_mib"] = batch_memory
     if timed is not None:
         result.info["timing"].update(network=timed.seconds, forwards=timed.calls, images=n)
     if world > 1:

@@ -80,9 +80,11 @@ def load_net(
     *,
     phase: str = "TEST",
     input_shapes: dict[str, Shape] | None = None,
+    net_param: Any = None,
 ) -> Net:
-    """Build a :class:`Net` from a prototxt and/or a caffemodel (merged by layer name)."""
-    if prototxt is None and caffemodel is None:
+    """Build a :class:`Net` from a prototxt and/or a caffemodel (merged by layer name). ``net_param``: a
+    NetParameter message used instead of reading ``prototxt`` (which then only names the file it came from)."""
+    if prototxt is None and caffemodel is None and net_param is None:
         raise ValueError("need a prototxt, a caffemodel, or both")
     if phase not in _PHASES:
         raise ValueError(f"phase must be TRAIN or TEST, not {phase!r}")
@@ -90,9 +92,11 @@ def load_net(
     proto_notes: list[str] = []  # unknown fields of data layers (segconvert.formats.prototxt)
     if caffemodel is not None and model is None:
         model = read_caffemodel(caffemodel)
-    if prototxt is not None:
-        proto_path = Path(prototxt)
-        net_param = read_prototxt(proto_path, proto_notes)
+    from_text = prototxt is not None or net_param is not None
+    if from_text:
+        proto_path = Path(prototxt) if prototxt is not None else None
+        if net_param is None:
+            net_param = read_prototxt(proto_path, proto_notes)
         params, fmt = _layers_of(net_param)
         source_file: Path | None = proto_path
     else:
@@ -134,7 +138,7 @@ def load_net(
     if input_shapes:
         net.inputs.update({k: tuple(v) for k, v in input_shapes.items()})
     if model is not None:
-        _bind_blobs(net, model, require=prototxt is not None)
+        _bind_blobs(net, model, require=from_text)
         net.warnings.extend(model.warnings)
     _infer_shapes(net, source_file)
     return net

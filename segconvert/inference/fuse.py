@@ -29,6 +29,8 @@ from torch.overrides import TorchFunctionMode
 from segconvert.reference_models.caffe_ops import BatchNorm as CaffeBatchNorm
 from segconvert.reference_models.caffe_ops import Bias as CaffeBias
 from segconvert.reference_models.caffe_ops import Scale as CaffeScale
+from segconvert.reference_models.keras_ops import Conv as KerasConv
+from segconvert.reference_models.keras_ops import ConvTranspose as KerasConvTranspose
 from segconvert.reference_models.ops import FrozenBatchNorm2d
 
 __all__ = ["Folded", "FuseCheck", "FuseReport", "channel_affine", "check_fused", "example_inputs", "fuse_model"]
@@ -40,7 +42,8 @@ _METADATA = frozenset(
     {"size", "dim", "numel", "stride", "is_contiguous", "storage_offset", "data_ptr", "element_size",
      "__len__", "is_floating_point", "is_complex", "get_device", "ndimension", "nelement", "type"}
 )  # fmt: skip
-_CONVS = (nn.Conv2d, nn.ConvTranspose2d)
+_CONVS = (nn.Conv2d, nn.ConvTranspose2d, KerasConv, KerasConvTranspose)  # Keras ones: weights laid out as torch's
+_FOLD_BLOCK = 1 << 16  # float64 elements per block when folding a scale into a weight
 
 
 class Folded(nn.Identity):
@@ -290,14 +293,21 @@ def _fold_into(conv: nn.Module, chain: list[tuple[torch.Tensor, torch.Tensor]]) 
     )
     for s, t in chain:
         scale, shift = scale * s, shift * s + t
-    w64 = w.to("cpu", torch.float64)
-    if isinstance(conv, nn.ConvTranspose2d):  # (in, out / g, kh, kw): output channel = group * (out / g) + column
+    if isinstance(conv, (nn.ConvTranspose2d, KerasConvTranspose)):  # (in, out / g, *k): channel = group * out/g + col
         g = conv.groups
-        w64 = (w64.reshape(g, -1, out_ch // g, *w.shape[2:]) * scale.reshape(g, 1, out_ch // g, 1, 1)).reshape(w.shape)
+        row_scale = scale.reshape(g, 1, out_ch // g).expand(g, w.shape[0] // g, out_ch // g).reshape(w.shape[0], -1)
     else:
-        w64 = w64 * scale.reshape(-1, *([1] * (w.dim() - 1)))
+        row_scale = scale.reshape(-1, 1)
+    # float64 products rounded once to the weight's dtype, a block of rows at a time (the same numbers as
+    # the whole tensor at once, without a float64 copy of the largest weights alive: PSPNet's 4096->512 3x3
+    # conv is 150 MB in float64)
+    per_row = max(1, w[0].numel())
+    step = max(1, _FOLD_BLOCK // per_row)
     with torch.no_grad():
-        conv.weight.copy_(w64.to(w.dtype))
+        for r in range(0, w.shape[0], step):
+            block = w[r : r + step].to("cpu", torch.float64)
+            factor = row_scale[r : r + step].reshape(block.shape[0], -1, *([1] * (w.dim() - 2)))
+            w[r : r + step].copy_((block * factor).to(w.dtype))
         bias = shift.to(device=w.device, dtype=w.dtype)
         if conv.bias is None:
             conv.bias = nn.Parameter(bias, requires_grad=conv.weight.requires_grad)

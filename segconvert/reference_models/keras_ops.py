@@ -95,6 +95,21 @@ def _pad_input(x: torch.Tensor, padding: str, kernel: list[int], stride: list[in
     return x
 
 
+def _same_as_zero_taps(x: torch.Tensor, weight: torch.Tensor, stride: list[int], dilation: list[int]):
+    """TF SAME of a depthwise kernel without copying the input: where an axis pads ``[a, a + 1]`` (stride 2,
+    even size), a zero tap before the kernel and symmetric padding ``a + 1`` give the same sums; None when the
+    pads do not all have that form (dilation > 1) or when tracing (ONNX export: a weight of static shape)."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return None
+    k = list(weight.shape[2:])
+    pads = tf_same_pads(list(x.shape[2:]), k, stride, dilation)
+    before, after = pads[0::2][::-1], pads[1::2][::-1]  # per spatial axis, first axis first
+    if any(b - a not in (0, 1) or (b > a and d != 1) for a, b, d in zip(before, after, dilation, strict=True)):
+        return None
+    taps = [v for a, b in zip(reversed(before), reversed(after), strict=True) for v in (b - a, 0)]
+    return (F.pad(weight, taps) if any(taps) else weight), after
+
+
 class Conv(nn.Module):
     """Keras ConvND / DepthwiseConv2D (``groups`` = in_channels) with ``padding`` ``same`` (TF SAME, asymmetric
     when the input size needs it) or ``causal`` (Conv1D: (k-1)*d zeros before); ``weight`` is (out, in/groups, *k)."""
@@ -105,13 +120,17 @@ class Conv(nn.Module):
         super().__init__()
         self.kernel_size, self.stride = list(kernel_size), list(stride)
         self.dilation = list(dilation or [1] * len(self.kernel_size))
-        self.groups, self.padding = groups, padding
+        self.in_channels, self.out_channels, self.groups, self.padding = in_channels, out_channels, groups, padding
         self.weight = nn.Parameter(torch.zeros(out_channels, in_channels // groups, *self.kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _pad_input(x, self.padding, self.kernel_size, self.stride, self.dilation)
         conv = (F.conv1d, F.conv2d, F.conv3d)[len(self.kernel_size) - 1]
+        if self.padding == "same" and self.weight.shape[1] == 1:  # depthwise: no padded copy of the input
+            fast = _same_as_zero_taps(x, self.weight, self.stride, self.dilation)
+            if fast is not None:
+                return conv(x, fast[0], self.bias, self.stride, fast[1], self.dilation, self.groups)
+        x = _pad_input(x, self.padding, self.kernel_size, self.stride, self.dilation)
         return conv(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
@@ -131,6 +150,7 @@ class ConvTranspose(nn.Module):
         self.kernel_size, self.stride = list(kernel_size), list(stride)
         self.dilation = list(dilation or [1] * len(self.kernel_size))
         self.padding, self.output_padding = padding, output_padding
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, 1
         self.weight = nn.Parameter(torch.zeros(in_channels, out_channels, *self.kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
@@ -172,8 +192,14 @@ class SeparableConv(nn.Module):
         self.pointwise = conv(mid, out_channels, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dw = self.depthwise
+        if self.padding == "same" and dw.weight.shape[1] == 1:  # no padded copy of the input
+            fast = _same_as_zero_taps(x, dw.weight, self.stride, self.dilation)
+            if fast is not None:
+                conv = (F.conv1d, F.conv2d)[len(self.kernel_size) - 1]
+                return self.pointwise(conv(x, fast[0], None, self.stride, fast[1], self.dilation, dw.groups))
         x = _pad_input(x, self.padding, self.kernel_size, self.stride, self.dilation)
-        return self.pointwise(self.depthwise(x))
+        return self.pointwise(dw(x))
 
 
 class HardSigmoid(nn.Module):
@@ -218,6 +244,14 @@ class BatchNorm(nn.Module):
         shape[self.dim] = -1
         scale = self.weight * torch.rsqrt(self.running_var + self.eps)
         return x * scale.reshape(shape) + (self.bias - self.running_mean * scale).reshape(shape)
+
+    def channel_affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(scale, shift) in float64 when normalising dim 1: ``segconvert.inference.fuse`` folds it into a conv."""
+        if self.dim != 1:
+            return None
+        w, b, mean, var = (t.detach().double() for t in (self.weight, self.bias, self.running_mean, self.running_var))
+        scale = w / torch.sqrt(var + self.eps)
+        return scale, b - mean * scale
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}, dim={self.dim}"

@@ -81,10 +81,15 @@ class Softmax(nn.Module):
 
 
 class Flatten(nn.Module):
-    """Keras Flatten on a Keras-layout tensor (the element order of a channels_last model is kept)."""
+    """Keras Flatten on a Keras-layout tensor (the element order of a channels_last model is kept);
+    ``channels_first``: Keras moves the channel axis (dim 1) last before flattening."""
+
+    def __init__(self, channels_first: bool = False) -> None:
+        super().__init__()
+        self.channels_first = channels_first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1)
+        return (x.movedim(1, -1) if self.channels_first and x.dim() > 2 else x).flatten(1)
 
 
 class Reshape(nn.Module):

@@ -77,6 +77,7 @@ class NetOutput:
     losses: dict[str, Tensor]  # loss layer -> its (unweighted) top
     metrics: dict[str, float]
     valid_counts: dict[str, int]
+    blobs: dict[str, Tensor] = field(default_factory=dict)  # the net's output blobs (:meth:`output_blobs`)
 
 
 class CaffeTrainNet(nn.Module):
@@ -105,11 +106,12 @@ class CaffeTrainNet(nn.Module):
                 self.extra.append(layer)
             else:
                 raise self._fail(f"{layer.type} layer is not supported in training", layer.name)
-        if not any(layer.type in LOSS_TYPES for layer in self.extra):
+        if net.phase == "TRAIN" and not any(layer.type in LOSS_TYPES for layer in self.extra):
             raise self._fail(
                 "the train net has no supported loss layer (SoftmaxWithLoss, SigmoidCrossEntropyLoss, EuclideanLoss)"
             )
         self._entries = self._param_entries()
+        self._outputs = self._find_outputs()
         self.bn_blobs: dict[str, list[Tensor]] = {}
         self._bn_setup()
 
@@ -162,7 +164,14 @@ class CaffeTrainNet(nn.Module):
             layer = self.net.layer(spec["name"])
             module = self.model.get_submodule(spec["module"])
             p = layer.param.batch_norm_param
-            train_global = bool(p.use_global_stats) if p.HasField("use_global_stats") else False  # TRAIN default
+            test = self.net.phase == "TEST"
+            train_global = bool(p.use_global_stats) if p.HasField("use_global_stats") else test  # Caffe's default
+            if test and not train_global:
+                raise self._fail(
+                    "BatchNorm with use_global_stats: false in a TEST-phase net (batch statistics, updating the "
+                    "shared moving averages) is not supported",
+                    layer.name,
+                )
             if module.use_global_stats != train_global:  # e.g. --init from a deploy (TEST-phase) conversion
                 module.use_global_stats = train_global
                 spec["params"]["use_global_stats"] = train_global
@@ -223,12 +232,35 @@ class CaffeTrainNet(nn.Module):
                 weights[layer.name] = float(layer.param.loss_weight[0]) if len(layer.param.loss_weight) else 1.0
                 blobs[name] = value
             else:
-                metrics.update(self._metric(layer, bottoms))
+                values = self._metric(layer, bottoms)
+                metrics.update(values)
+                if layer.tops:
+                    blobs[layer.tops[0]] = torch.tensor(list(values.values()), dtype=torch.float32)
+        device = next(iter(terms.values())).device if terms else next(iter(batch.values())).device
         total = sum(
             (w * terms[n] if w != 1 else terms[n] for n, w in weights.items() if w != 0),
-            torch.zeros((), device=next(iter(terms.values())).device),
+            torch.zeros((), device=device),
         )
-        return NetOutput(total=total, losses=terms, metrics=metrics, valid_counts=counts)
+        outputs = {name: blobs[name] for name, _ in self.output_blobs() if name in blobs}  # not the activations
+        return NetOutput(total=total, losses=terms, metrics=metrics, valid_counts=counts, blobs=outputs)
+
+    def output_blobs(self) -> list[tuple[str, float]]:
+        """Caffe's net outputs: the tops no later layer reads, sorted by name (``Net::Init`` keeps them in a
+        ``std::set``), each with its loss weight (a loss layer's ``loss_weight``, default 1; 0 otherwise)."""
+        return list(self._outputs)
+
+    def _find_outputs(self) -> list[tuple[str, float]]:
+        available: set[str] = set()
+        weight: dict[str, float] = {}
+        for layer in self.net.layers:
+            available.difference_update(layer.bottoms)
+            available.update(layer.tops)
+            for top in layer.tops:
+                weight[top] = 0.0
+            if layer.type in LOSS_TYPES and layer.tops:
+                w = layer.param.loss_weight
+                weight[layer.tops[0]] = float(np.float32(w[0])) if len(w) else 1.0
+        return [(name, weight[name]) for name in sorted(available)]
 
     def _label_inputs(self) -> list[str]:
         return [t for t in self.data_tops if t not in self.input_names]

@@ -97,6 +97,10 @@ class HDF5DataSource:
         if self.shuffle:
             self.rng.shuffle(self.permutation)
 
+    def top_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The tops' shapes, ``(batch_size, *row shape)`` of the first file, as ``HDF5DataLayer`` reshapes them."""
+        return {t: (self.batch_size, *self.arrays[t].shape[1:]) for t in self.tops}
+
     def next_batch(self) -> dict[str, np.ndarray]:
         out: dict[str, list[np.ndarray]] = {t: [] for t in self.tops}
         for _ in range(self.batch_size):

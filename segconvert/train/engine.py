@@ -51,7 +51,7 @@ from .caffe_net import CaffeTrainNet
 from .optim import CaffeOptimizer
 from .schedules import caffe_learning_rate
 
-__all__ = ["StepRecord", "Trainer", "global_rng_state", "set_global_rng_state"]
+__all__ = ["StepRecord", "Trainer", "global_rng_state", "run_steps", "set_global_rng_state"]
 
 
 def global_rng_state() -> dict[str, Any]:
@@ -103,6 +103,22 @@ class StepRecord:
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(np.ascontiguousarray(v)).to(device) for k, v in batch.items()}
+
+
+def run_steps(trainer: Any, max_iter: int | None = None) -> list[StepRecord]:
+    """The loop of both trainers: ``trainer.step()`` until ``max_iter`` (default ``trainer.max_iter``) updates are
+    done or a hook set ``trainer.stop_requested``; ``on_train_start`` / ``on_train_end`` around it."""
+    stop_at = trainer.max_iter if max_iter is None else int(max_iter)
+    records: list[StepRecord] = []
+    trainer.stop_requested = trainer.stopped_early = False
+    trainer._call("on_train_start")
+    while trainer.iteration < stop_at:
+        records.append(trainer.step())
+        if trainer.stop_requested:
+            trainer.stopped_early = trainer.iteration < stop_at
+            break
+    trainer._call("on_train_end")
+    return records
 
 
 class Trainer:
@@ -211,17 +227,7 @@ class Trainer:
 
     def run(self, max_iter: int | None = None) -> list[StepRecord]:
         """Step until ``max_iter`` updates are done (Caffe's ``Solve``) or a hook requests a stop."""
-        stop_at = self.max_iter if max_iter is None else int(max_iter)
-        records: list[StepRecord] = []
-        self.stop_requested = self.stopped_early = False
-        self._call("on_train_start")
-        while self.iteration < stop_at:
-            records.append(self.step())
-            if self.stop_requested:
-                self.stopped_early = self.iteration < stop_at
-                break
-        self._call("on_train_end")
-        return records
+        return run_steps(self, max_iter)
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

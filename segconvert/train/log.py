@@ -188,7 +188,18 @@ class JsonlLog:
         self._fh.close()
 
 
+def _no_tensorflow_in_tensorboard() -> None:
+    """tensorboard's ``compat.tf`` imports TensorFlow when it is installed (seconds and hundreds of MB per training
+    process, only to write scalars); its ``notf`` switch makes it use its own stub, which writes the same events."""
+    import sys
+    import types
+
+    if "tensorflow" not in sys.modules:
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+
+
 def tensorboard_available() -> bool:
+    _no_tensorflow_in_tensorboard()
     try:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except Exception:
@@ -197,9 +208,10 @@ def tensorboard_available() -> bool:
 
 
 class TensorBoardLog:
-    """Scalars ``train/loss``, ``train/<term>``, ``train/lr`` (and ``val/*``) in ``log_dir``."""
+    """Scalars ``train/loss``, ``train/loss/<term>``, ``train/lr`` (and ``val/*``, ``test<i>/*``) in ``log_dir``."""
 
     def __init__(self, log_dir: str | Path, start: int = 0) -> None:
+        _no_tensorflow_in_tensorboard()
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(log_dir), purge_step=start + 1 if start else None)
@@ -207,8 +219,8 @@ class TensorBoardLog:
     def __call__(self, rec: IterationRecord) -> None:
         self.writer.add_scalar("train/loss", rec.loss, rec.iteration)
         self.writer.add_scalar("train/lr", rec.lr, rec.iteration)
-        for k, v in rec.terms.items():
-            self.writer.add_scalar(f"train/{k}", v, rec.iteration)
+        for k, v in rec.terms.items():  # as train_log.jsonl's "loss/<term>" (a term may be named "loss")
+            self.writer.add_scalar(f"train/loss/{k}", v, rec.iteration)
 
     def scalars(self, prefix: str, values: Mapping[str, float], step: int) -> None:
         for k, v in values.items():

@@ -82,14 +82,19 @@ class DeepLabRecipeNet(nn.Module):
         return NetOutput(total=total, losses=dict(terms), metrics={}, valid_counts=counts)
 
 
-def reinit_classifier(model: nn.Module, std: float, bias: float) -> None:
+def reinit_classifier(model: nn.Module, std: float, bias: float, seed: int | None = None) -> None:
+    """The classifier convs drawn N(0, std), bias constant; from a generator of its own when ``seed`` is given (the
+    draw then does not depend on what consumed the global generator before)."""
+    gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
     with torch.no_grad():
         for conv in model.aspp.convs:
-            conv.weight.normal_(0.0, std)
+            conv.weight.copy_(torch.empty_like(conv.weight, device="cpu").normal_(0.0, std, generator=gen))
             conv.bias.fill_(bias)
 
 
-def load_init(model: nn.Module, path: str | Path, std: float = 0.01, bias: float = 0.0) -> list[str]:
+def load_init(
+    model: nn.Module, path: str | Path, std: float = 0.01, bias: float = 0.0, seed: int | None = None
+) -> list[str]:
     """Copy a converted weights file into ``model``; returns notes (e.g. the classifier re-initialisation).
 
     Accepts a DeepLab-v2 file (same backbone) or a ResNet backbone file (its keys under ``backbone.``).
@@ -113,7 +118,7 @@ def load_init(model: nn.Module, path: str | Path, std: float = 0.01, bias: float
     fits = head_in and all(k in state and state[k].shape == own[k].shape for k in head)
     if not fits:
         init_classes = state[head_in[0]].shape[0] if head_in else None
-        reinit_classifier(model, std, bias)
+        reinit_classifier(model, std, bias, seed)
         why = f"the init has {init_classes} classes" if init_classes is not None else "the init has no classifier"
         notes.append(
             f"classifier aspp.convs (fc1_voc12_c0..c{len(model.aspp.convs) - 1}) re-initialised N(0, {std}), "

@@ -99,10 +99,10 @@ def build_recipe_run(
     notes: list[str] = []
     init_info = None
     if init is not None:
-        notes = load_init(model, init, v["init.classifier_std"], v["init.classifier_bias"])
+        notes = load_init(model, init, v["init.classifier_std"], v["init.classifier_bias"], seed)
         init_info = {"path": str(init), "sha256": sha256_file(init), "arch": init_meta.get("arch")}
     else:
-        reinit_classifier(model, v["init.classifier_std"], v["init.classifier_bias"])
+        reinit_classifier(model, v["init.classifier_std"], v["init.classifier_bias"], seed)
         notes.append("no --init: backbone randomly initialised (He normal), classifier N(0, std)")
     if dataset.num_classes != config["num_classes"]:
         raise SegconvertError(
@@ -198,6 +198,11 @@ def train_recipe(
                                 device=device, max_iter=max_iter, val_every=val_every, val_split=val_split,
                                 val_protocol=val_protocol, val_limit=val_limit, progress=progress,
                                 stream=stream)  # fmt: skip
+    from .distributed import world_info
+
+    if world_info()[2] > 1:
+        raise SegconvertError(f"recipe {resolved.recipe.name} is a Caffe-exact one-process run (iter_size accumulates "
+                              "its batch); run it without torchrun / --nproc")  # fmt: skip
     val_ds = val_proto = None
     if val_every:
         from segconvert.eval.protocols import get_protocol

@@ -49,6 +49,7 @@ class SolverConfig:
     net_path: Path | None = None  # the train net file, resolved
     net_param: Any = None  # an inline NetParameter (net_param / train_net_param), if any
     lines: dict[str, int] = field(default_factory=dict)  # field -> line in the file (first occurrence)
+    message: Any = None  # the parsed SolverParameter (inline nets, train_state / test_state)
 
     def __getattr__(self, name: str) -> Any:
         fields = self.__dict__.get("fields", {})
@@ -122,7 +123,7 @@ def parse_solver(text: str, path: str | os.PathLike[str] | None = None) -> Solve
             value = msg.DESCRIPTOR.fields_by_name[name].enum_type.values_by_number[value].name
         fields[name] = value
     set_fields = {fd.name for fd, _ in msg.ListFields()}
-    cfg = SolverConfig(path=where, fields=fields, set_fields=set_fields, lines=_field_lines(text))
+    cfg = SolverConfig(path=where, fields=fields, set_fields=set_fields, lines=_field_lines(text), message=msg)
     if "type" not in set_fields and "solver_type" in set_fields:
         fields["type"] = _LEGACY_TYPES[msg.solver_type]
     _check(cfg, msg)
@@ -163,8 +164,7 @@ def _check(cfg: SolverConfig, msg: Any) -> None:
         raise fail("max_iter is required", "")
     if f["average_loss"] < 1:
         raise fail("average_loss must be at least 1", "average_loss")
-    if len(f["test_iter"]) and not (has("test_net") or has("test_net_param") or has("net") or has("net_param")):
-        raise fail("test_iter without a test net", "test_iter")
+    _check_test_nets(cfg, fail)
     base = cfg.path.parent if cfg.path is not None else None
     kind = nets[0]
     if kind in ("net", "train_net"):
@@ -174,6 +174,25 @@ def _check(cfg: SolverConfig, msg: Any) -> None:
         cfg.net_path = resolved
     else:
         cfg.net_param = getattr(msg, kind)
+
+
+def _check_test_nets(cfg: SolverConfig, fail: Any) -> None:
+    """Caffe's ``InitTestNets`` checks: one ``test_iter`` per test net (more with a generic ``net``), one
+    ``test_state`` per test net if any, a positive ``test_interval`` when there are test nets."""
+    f = cfg.fields
+    generic = "net" in cfg.set_fields or "net_param" in cfg.set_fields
+    explicit = len(f["test_net"]) + len(f["test_net_param"])
+    n_iter = len(f["test_iter"])
+    if (n_iter < explicit) if generic else (n_iter != explicit):
+        where = "test_iter" if "test_iter" in cfg.set_fields else ("test_net" if f["test_net"] else "test_net_param")
+        raise fail(f"test_iter must be specified for each test network ({n_iter} test_iter, {explicit} "
+                   f"test_net/test_net_param{' + the generic net' if generic else ''})", where)  # fmt: skip
+    if len(f["test_state"]) and len(f["test_state"]) != n_iter:
+        raise fail(f"test_state must be unspecified or specified once per test net ({n_iter})", "test_state")
+    if any(n < 0 for n in f["test_iter"]):
+        raise fail("test_iter must not be negative", "test_iter")
+    if n_iter and f["test_interval"] <= 0:
+        raise fail("test nets need a positive test_interval (Caffe: CHECK_GT(test_interval, 0))", "test_iter")
 
 
 def read_solver(path: str | os.PathLike[str]) -> SolverConfig:

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .amp import Amp
-from .engine import StepRecord, global_rng_state, set_global_rng_state
+from .engine import StepRecord, global_rng_state, run_steps, set_global_rng_state
 
 __all__ = ["TorchTrainer", "poly_rate"]
 
@@ -182,17 +182,7 @@ class TorchTrainer:
         return record
 
     def run(self, max_iter: int | None = None) -> list[StepRecord]:
-        stop_at = self.max_iter if max_iter is None else int(max_iter)
-        records: list[StepRecord] = []
-        self.stop_requested = self.stopped_early = False
-        self._call("on_train_start")
-        while self.iteration < stop_at:
-            records.append(self.step())
-            if self.stop_requested:
-                self.stopped_early = self.iteration < stop_at
-                break
-        self._call("on_train_end")
-        return records
+        return run_steps(self, max_iter)
 
     # ---------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -142,7 +142,8 @@ def write_safetensors(
         for t in tensors.values():
             if t.numel():
                 data = t.contiguous()
-                buf = memoryview(data.view(torch.uint8).numpy() if data.dtype == torch.bool else data.numpy())
+                raw_bytes = data.reshape(-1).view(torch.uint8) if data.dtype in (torch.bool, torch.bfloat16) else data
+                buf = memoryview(raw_bytes.numpy())
                 emit(buf.cast("B"))
                 if bar is not None:
                     bar.update(buf.nbytes)
@@ -157,7 +158,43 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
     return Path(str(path) + ".json")
 
 
-def _load_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+_ST_TORCH = {v: k for k, v in _ST_DTYPES.items()}
+
+
+def _read_safetensors(path: Path, tensors: bool) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The tensors (read into fresh, writable memory: one copy, no file mapping kept alive) and the metadata
+    text of a safetensors file. ``safe_open`` validates the header first; the data are then read tensor by
+    tensor straight into their final storage, so loading never holds the weights twice."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta_text = (f.metadata() or {}).get(META_KEY)
+        keys = list(f.keys())
+    out: dict[str, torch.Tensor] = {}
+    if meta_text is None or not tensors:
+        return out, meta_text
+    with path.open("rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+        base = 8 + n
+        for key in keys:
+            info = header[key]
+            start, end = info["data_offsets"]
+            t = torch.empty(info["shape"], dtype=_ST_TORCH[info["dtype"]])
+            nbytes = t.numel() * t.element_size()
+            if end - start != nbytes:
+                raise ValueError(f"tensor {key}: {end - start} bytes for shape {info['shape']}")
+            if nbytes:
+                fh.seek(base + start)
+                view = memoryview(t.view(-1).view(torch.uint8).numpy()).cast("B")
+                if fh.readinto(view) != nbytes:
+                    raise ValueError(f"tensor {key}: the file ends inside its data")
+            out[key] = t
+    return out, meta_text
+
+
+def _load_raw(path: Path, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, metadata) of a converted-weights file; ``tensors=False``: the metadata only."""
     if not path.is_file():
         raise WeightsFileError("no such weights file", file=path)
     from segconvert.formats.detect import describe_foreign_file
@@ -174,16 +211,10 @@ def _load_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             if not isinstance(obj, dict) or META_KEY not in obj or "state_dict" not in obj:
                 raise WeightsFileError("a .pth without segconvert metadata (not written by segconvert)", file=path)
             return dict(obj["state_dict"]), json.loads(obj[META_KEY])
-        from safetensors import safe_open
-
-        tensors: dict[str, torch.Tensor] = {}
-        with safe_open(str(path), framework="pt") as f:
-            meta_text = (f.metadata() or {}).get(META_KEY)
-            if meta_text is None:
-                raise WeightsFileError("a safetensors file without segconvert metadata", file=path, key=META_KEY)
-            for key in f.keys():
-                tensors[key] = f.get_tensor(key)
-        return tensors, json.loads(meta_text)
+        state, meta_text = _read_safetensors(path, tensors)
+        if meta_text is None:
+            raise WeightsFileError("a safetensors file without segconvert metadata", file=path, key=META_KEY)
+        return state, json.loads(meta_text)
     except WeightsFileError:
         raise
     except Exception as exc:  # corrupt container: one typed error, never a traceback
@@ -192,7 +223,73 @@ def _load_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The metadata stored in a converted weights file."""
-    return _load_raw(Path(path))[1]
+    return _load_raw(Path(path), tensors=False)[1]
+
+
+def _tied(model: torch.nn.Module) -> list[list[str]]:
+    """Groups of state-dict names that are one tensor (tied parameters / buffers), in the module's order."""
+    groups: dict[int, list[str]] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(t), []).append(name)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _on_meta(model: torch.nn.Module) -> bool:
+    return any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+
+
+def _build(meta: dict[str, Any], config: dict[str, Any], state: dict[str, torch.Tensor], path: Path) -> torch.nn.Module:
+    """The model of ``meta["arch"]`` holding the tensors of ``state`` themselves (no copy of the weights).
+
+    It is built on the ``meta`` device (no random initialisation, no memory) and the file's tensors are
+    assigned to it (cast first where the module's dtype differs, ties restored); an architecture whose
+    constructor computes tensors a file does not hold (non-persistent buffers) is built for real instead."""
+    from segconvert.reference_models import create_model
+
+    try:
+        with torch.device("meta"):
+            model = create_model(meta["arch"], **config)
+    except KeyError as exc:
+        raise WeightsFileError(f"unknown architecture {exc}", file=path, key="arch") from None
+    except Exception:  # noqa: BLE001 - a constructor the meta device cannot run: build it for real
+        model = create_model(meta["arch"], **config)
+    own = model.state_dict(keep_vars=True)
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise WeightsFileError(
+            f"weights do not match architecture {meta['arch']}: missing {missing[:5]}, unexpected {unexpected[:5]}",
+            file=path,
+        )
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise WeightsFileError(
+                f"weights do not match architecture {meta['arch']}: shape {list(state[k].shape)} where the "
+                f"architecture has {list(v.shape)}",
+                file=path,
+                key=k,
+            )
+    cast = {k: v if v.dtype == own[k].dtype else v.to(own[k].dtype) for k, v in state.items()}
+    _assign(model, cast)
+    if _on_meta(model):  # non-persistent buffers computed by the constructor: build for real, then assign
+        model = create_model(meta["arch"], **config)
+        _assign(model, cast)
+    return model
+
+
+def _assign(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``load_state_dict(assign=True)``, with tied tensors tied again (assignment gives each name its own)."""
+    ties = _tied(model)
+    model.load_state_dict(state, strict=True, assign=True)
+    for group in ties:
+        owner, _, attr = group[0].rpartition(".")
+        mod = model.get_submodule(owner)
+        first = mod._parameters.get(attr, mod._buffers.get(attr))
+        for name in group[1:]:
+            owner, _, attr = name.rpartition(".")
+            mod = model.get_submodule(owner)
+            table = mod._parameters if attr in mod._parameters else mod._buffers
+            table[attr] = first
 
 
 def load_model(
@@ -206,22 +303,10 @@ def load_model(
     intermediate outputs are the source layers' (what parity checks and fine-tuning need); ``eval``,
     ``predict`` and ``benchmark`` ask for the fused form. The weights file is never changed.
     """
-    from segconvert.reference_models import create_model
-
     path = Path(path)
     state, meta = _load_raw(path)
-    config = {**meta.get("config", {}), **overrides}
-    try:
-        model = create_model(meta["arch"], **config)
-    except KeyError as exc:
-        raise WeightsFileError(f"unknown architecture {exc}", file=path, key="arch") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise WeightsFileError(
-            f"weights do not match architecture {meta['arch']}: missing {list(missing)[:5]}, "
-            f"unexpected {list(unexpected)[:5]}",
-            file=path,
-        )
+    model = _build(meta, {**meta.get("config", {}), **overrides}, state, path)
+    del state
     model.eval().to(device)
     model.segconvert_meta = meta
     if fuse:
