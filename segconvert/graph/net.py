@@ -8,6 +8,7 @@ top's shape inferred with Caffe's exact rules (:mod:`segconvert.graph.shapes`).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,25 +226,48 @@ def _bind_blobs(net: Net, model: CaffeModel, *, require: bool) -> None:
         )
 
 
-def _infer_shapes(net: Net, path: Path | None) -> None:
+def propagate_shapes(
+    net: Net,
+    data_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    *,
+    check_blobs: bool = True,
+    fail: Callable[[Any, str], Exception] | None = None,
+) -> dict[str, Shape | None]:
+    """Caffe's top shapes layer by layer from the net inputs (and ``data_shapes``: top -> shape of data layers
+    without bottoms); sets each layer's ``output_shapes`` / ``expected_blob_shapes`` and returns every top's shape.
+    ``check_blobs``: the loaded blobs must have the expected shapes. ``fail(layer, message)`` builds the error of a
+    shape rule that refuses its inputs (default: :class:`CaffeFormatError` naming the prototxt and layer)."""
+    data_shapes = data_shapes or {}
     shapes: dict[str, Shape | None] = dict(net.inputs)
     for layer in net.layers:
-        bottoms = [shapes.get(b) for b in layer.bottoms]
-        rule = RULES.get(layer.type)
-        if rule is None or any(b is None for b in bottoms):
-            layer.output_shapes = [None] * len(layer.tops)
+        if data_shapes and layer.tops and not layer.bottoms and all(t in data_shapes for t in layer.tops):
+            layer.output_shapes = [tuple(data_shapes[t]) for t in layer.tops]
         else:
-            try:
-                tops, expected = rule(layer.param, bottoms)  # type: ignore[arg-type]
-            except ShapeError as exc:
-                where = {"file": net.prototxt or path, "layer": layer.name}
-                raise CaffeFormatError(f"{layer.type}: {exc}", **where) from None
-            layer.output_shapes = list(tops)
-            layer.expected_blob_shapes = expected
-            _check_blobs(net, layer, expected)
+            bottoms = [shapes.get(b) for b in layer.bottoms]
+            rule = RULES.get(layer.type)
+            if rule is None or any(b is None for b in bottoms):
+                layer.output_shapes = [None] * len(layer.tops)
+            else:
+                try:
+                    tops, expected = rule(layer.param, bottoms)  # type: ignore[arg-type]
+                except ShapeError as exc:
+                    if fail is not None:
+                        raise fail(layer, f"{layer.type}: {exc}") from None
+                    raise CaffeFormatError(f"{layer.type}: {exc}", file=net.prototxt, layer=layer.name) from None
+                layer.output_shapes = list(tops)
+                layer.expected_blob_shapes = expected
+                if check_blobs:
+                    _check_blobs(net, layer, expected)
         for top, shape in zip(layer.tops, layer.output_shapes, strict=False):
             shapes[top] = shape
-    net.blob_shapes = shapes
+    return shapes
+
+
+def _infer_shapes(net: Net, path: Path | None) -> None:
+    def fail(layer: Any, message: str) -> Exception:
+        return CaffeFormatError(message, file=net.prototxt or path, layer=layer.name)
+
+    net.blob_shapes = propagate_shapes(net, fail=fail)
 
 
 def _check_blobs(net: Net, layer: Layer, expected: list[Shape]) -> None:

@@ -63,6 +63,14 @@ class LogHook:
                 sink.close()
 
 
+def _stop_signal(trainer: Any, guard: SignalGuard | None) -> int | None:
+    """The signal to stop on: a trainer that takes the guard (:class:`~.torch_engine.TorchTrainer`) reports the one
+    its ranks agreed on after the same step; otherwise this process's own."""
+    if hasattr(trainer, "signal_guard"):
+        return trainer.stop_signal or None
+    return guard.signum if guard is not None else None
+
+
 class CheckpointHook:
     """Full-state checkpoints every K iterations; on SIGINT/SIGTERM (``guard``) one more, then a stop request."""
 
@@ -71,7 +79,7 @@ class CheckpointHook:
         self.final_path: Path | None = None
 
     def on_step_end(self, trainer: Any, record: Any) -> None:
-        if self.guard is not None and self.guard.signum is not None:
+        if _stop_signal(trainer, self.guard):
             self.final_path = self.checkpointer.save(trainer, trainer.iteration)
             trainer.stop_requested = True
             return
@@ -85,13 +93,19 @@ def run_checkpointed(trainer: Any, checkpointer: Checkpointer, stop_at: int | No
     guard = SignalGuard()
     hook = CheckpointHook(checkpointer, guard)
     trainer.hooks.append(hook)
+    agreed = hasattr(trainer, "signal_guard")
+    if agreed:
+        trainer.signal_guard = guard
     try:
         with guard:
             records = trainer.run(stop_at)
     finally:
         trainer.hooks.remove(hook)
-    if guard.signum is not None:
-        raise TrainingInterrupted(guard.signum, trainer.iteration, hook.final_path)
+        if agreed:
+            trainer.signal_guard = None
+    signum = _stop_signal(trainer, guard)
+    if signum:
+        raise TrainingInterrupted(signum, trainer.iteration, hook.final_path)
     if checkpointer.every > 0 and checkpointer.last_saved != trainer.iteration:
         checkpointer.save(trainer, trainer.iteration)
     return records

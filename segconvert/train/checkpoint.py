@@ -162,9 +162,13 @@ class Checkpointer:
         every: int,
         keep: int = 2,
         extra: Callable[[], Mapping[str, Any]] | None = None,
+        *,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         self.out_dir, self.every, self.keep = Path(out_dir), int(every), max(1, int(keep))
         self.extra = extra
+        self.rank, self.world = int(rank), int(world)  # under torchrun: every rank builds the state, rank 0 writes
         self.last_saved: int | None = None
 
     def state(self, trainer: Stateful, iteration: int) -> dict[str, Any]:
@@ -177,10 +181,18 @@ class Checkpointer:
         }
 
     def save(self, trainer: Stateful, iteration: int) -> Path:
-        path = save_checkpoint(checkpoint_path(self.out_dir, iteration), self.state(trainer, iteration))
+        """A collective under torchrun (the trainer's state may gather from every rank); rank 0 writes."""
+        state = self.state(trainer, iteration)
+        path = checkpoint_path(self.out_dir, iteration)
+        if self.rank == 0:
+            save_checkpoint(path, state)
+            for _, old in find_checkpoints(self.out_dir)[: -self.keep]:
+                old.unlink(missing_ok=True)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
         self.last_saved = int(iteration)
-        for _, old in find_checkpoints(self.out_dir)[: -self.keep]:
-            old.unlink(missing_ok=True)
         return path
 
     def maybe_save(self, trainer: Stateful, iteration: int) -> Path | None:
@@ -190,9 +202,10 @@ class Checkpointer:
 
     @staticmethod
     def restore(trainer: Stateful, state: Mapping[str, Any]) -> int:
-        """Load a :func:`load_checkpoint` result into ``trainer`` and the RNGs; returns the iteration."""
-        trainer.load_state_dict(state["trainer"])
+        """Load a :func:`load_checkpoint` result into the RNGs and ``trainer`` (which may then restore its own
+        rank's generator states); returns the iteration."""
         set_rng_state(state["rng"])
+        trainer.load_state_dict(state["trainer"])
         return int(state["iteration"])
 
 

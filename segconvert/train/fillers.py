@@ -32,7 +32,8 @@ import numpy as np
 
 from segconvert.errors import ConversionError
 from segconvert.graph import Net
-from segconvert.graph.shapes import RULES, ShapeError, needs_weights
+from segconvert.graph.net import propagate_shapes
+from segconvert.graph.shapes import needs_weights
 
 from .caffe_net import layer_line
 
@@ -146,24 +147,7 @@ def blob_fillers(layer: Any) -> list[tuple[str, Any]]:
 def infer_shapes(net: Net, data_shapes: Mapping[str, tuple[int, ...]]) -> None:
     """Caffe's shapes of every top and learnable blob of ``net``, starting from the data layers' ``data_shapes``
     (top -> shape); sets ``output_shapes``, ``expected_blob_shapes`` and ``net.blob_shapes``."""
-    shapes: dict[str, tuple[int, ...] | None] = dict(net.inputs)
-    for layer in net.layers:
-        if all(t in data_shapes for t in layer.tops) and layer.tops and not layer.bottoms:
-            layer.output_shapes = [tuple(data_shapes[t]) for t in layer.tops]
-        else:
-            rule = RULES.get(layer.type)
-            bottoms = [shapes.get(b) for b in layer.bottoms]
-            if rule is None or any(b is None for b in bottoms):
-                layer.output_shapes = [None] * len(layer.tops)
-            else:
-                try:
-                    tops, expected = rule(layer.param, bottoms)  # type: ignore[arg-type]
-                except ShapeError as exc:
-                    raise _fail(net, layer, f"{layer.type}: {exc}") from None
-                layer.output_shapes, layer.expected_blob_shapes = list(tops), expected
-        for top, shape in zip(layer.tops, layer.output_shapes, strict=False):
-            shapes[top] = shape
-    net.blob_shapes = shapes
+    net.blob_shapes = propagate_shapes(net, data_shapes, check_blobs=False, fail=lambda layer, m: _fail(net, layer, m))
 
 
 def _fail(net: Net, layer: Any, message: str, key: str | None = None) -> ConversionError:

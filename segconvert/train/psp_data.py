@@ -11,6 +11,7 @@ batch without decoding the ones before.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,13 +28,18 @@ def training_label(dataset: Any, i: int) -> np.ndarray:
     """The label a model is trained on: train ids with 255 ignored (Cityscapes' labelIds mapped to trainIds)."""
     label = dataset.load_target(i).label
     if getattr(dataset, "name", "") == "cityscapes":
-        from segconvert.eval.labels import cityscapes_train_to_label_lut
-
-        lut = np.full(256, 255, np.uint8)
-        for tid, lid in enumerate(cityscapes_train_to_label_lut()[:19]):
-            lut[lid] = tid
-        label = lut[label]
+        label = _cityscapes_label_to_train()[label]
     return label
+
+
+@functools.cache
+def _cityscapes_label_to_train() -> np.ndarray:
+    from segconvert.eval.labels import cityscapes_train_to_label_lut
+
+    lut = np.full(256, 255, np.uint8)
+    for tid, lid in enumerate(cityscapes_train_to_label_lut()[:19]):
+        lut[lid] = tid
+    return lut
 
 
 def per_rank_batch(global_batch: int, world: int, accumulate: int = 1) -> int:

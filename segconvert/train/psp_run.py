@@ -147,11 +147,10 @@ def train_psp_recipe(out: Path, resolved: Any, *, dataset: Any, root: str | Path
     from segconvert.eval.datasets import get_dataset
     from segconvert.weights.provenance import sha256_file
 
-    from .callbacks import LogHook, SnapshotHook, ValidationHook
-    from .checkpoint import load_checkpoint
+    from .callbacks import LogHook, SnapshotHook, ValidationHook, run_checkpointed
+    from .checkpoint import Checkpointer, load_checkpoint
     from .distributed import init_distributed
     from .log import JsonlLog, ProgressBar, TensorBoardLog, tensorboard_available
-    from .psp_checkpoint import RankCheckpointer, run_torch_checkpointed
 
     init_distributed(device)
     ds = dataset if not isinstance(dataset, str) else get_dataset(dataset, root, split)
@@ -160,9 +159,9 @@ def train_psp_recipe(out: Path, resolved: Any, *, dataset: Any, root: str | Path
     main = run.rank == 0
     stream = (stream or sys.stdout) if main else io.StringIO()
     v, trainer = resolved.values, run.trainer
-    checkpointer = RankCheckpointer(out, int(v["run.checkpoint_every"]), int(v["run.keep_checkpoints"]),
+    checkpointer = Checkpointer(out, int(v["run.checkpoint_every"]), int(v["run.keep_checkpoints"]),
                                     rank=run.rank, world=run.world)  # fmt: skip
-    start = RankCheckpointer.restore(trainer, load_checkpoint(out)) if resume else 0
+    start = Checkpointer.restore(trainer, load_checkpoint(out)) if resume else 0
     notes = _init_summary(run.init_report)
     if not resume and main:
         record = {
@@ -196,7 +195,7 @@ def train_psp_recipe(out: Path, resolved: Any, *, dataset: Any, root: str | Path
         trainer.hooks.insert(1, ValidationHook(val_every, run.model, val_ds, get_protocol(val_protocol, ds.name),
                                                device=device, limit=val_limit, jsonl=jsonl, stream=stream,
                                                preprocessing=prep))  # fmt: skip
-    records = run_torch_checkpointed(trainer, checkpointer, stop_at)
+    records = run_checkpointed(trainer, checkpointer, stop_at)
     final = write_psp_snapshot(run, ds, out / "final.safetensors", trainer.iteration)
     return {
         "iterations": trainer.iteration,
