@@ -7,11 +7,12 @@ On a lent H200 (``device`` tool), from the repository root::
 Phases, each a separate :func:`bench_train_pspnet.run_benchmark` call with only its own run on the GPU (so
 ``torch.cuda.max_memory_allocated`` is that run's alone; caches emptied in between):
 
-1. ``bf16+ckpt`` on ``pspnet-semseg-cityscapes`` (19 classes, full-resolution logits and 3x3 aux head: the
-   heaviest semseg form) at batch 8, crop 768: the check -- the trainer step's ``max_memory_allocated`` must be
-   under 12 GiB; images/s of the trainer and of the bare loop, and the trainer's overhead (target <= 5%);
-2. ``plain``, ``ckpt``, ``bf16``, ``fp16+ckpt`` at the same size (checkpointing's activation-memory and time
-   ratios at full width), then ``bf16+ckpt`` on ``pspnet-fss-cityscapes`` (its own batch 8 / crop 768: labels
+1. ``bf16+ckpt`` (checkpointing policy ``light``, the ``--grad-checkpointing`` default) on
+   ``pspnet-semseg-cityscapes`` (19 classes, full-resolution logits and 3x3 aux head: the heaviest semseg form)
+   at batch 8, crop 768: the check -- the trainer step's ``max_memory_allocated`` must be under 12 GiB; images/s
+   of the trainer and of the bare loop, and the trainer's overhead (target <= 5%);
+2. ``plain``, ``ckpt``, ``ckpt-all``, ``bf16``, ``fp16+ckpt`` at the same size (checkpointing's activation-memory
+   and time ratios at full width), then ``bf16+ckpt`` on ``pspnet-fss-cityscapes`` (its own batch 8 / crop 768: labels
    shrunk to 1/8, 1x1 aux, L2 on kernels -- the bare loop adds the same regulariser);
 
 each phase only while the time left (``--budget``, default 240 s) is more than 1.5x the longest phase so far.
@@ -40,7 +41,7 @@ SEMSEG, FSS = "pspnet-semseg-cityscapes", "pspnet-fss-cityscapes"
 
 def phases(gpu: bool) -> list[tuple[str, str]]:
     """(recipe, config) in the order they run; the first is the check."""
-    rest = ["plain", "ckpt", "bf16"] + (["fp16+ckpt"] if gpu else [])
+    rest = ["plain", "ckpt", "ckpt-all", "bf16"] + (["fp16+ckpt"] if gpu else [])
     return [(SEMSEG, "bf16+ckpt"), *((SEMSEG, c) for c in rest), (FSS, "bf16+ckpt")]
 
 
@@ -73,7 +74,7 @@ def ratios(done: dict[str, Any]) -> dict[str, Any]:
     """Checkpointing at full width from the separate phases (trainer numbers)."""
     res = {k.split(":", 1)[1]: v["results"][k.split(":", 1)[1]] for k, v in done.items() if k.startswith(SEMSEG)}
     out = {}
-    for base, ck in (("plain", "ckpt"), ("bf16", "bf16+ckpt")):
+    for base, ck in (("plain", "ckpt"), ("plain", "ckpt-all"), ("bf16", "bf16+ckpt")):
         if base in res and ck in res:
             p, c = res[base], res[ck]
             out[f"{ck} / {base}"] = {

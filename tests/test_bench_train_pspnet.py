@@ -36,9 +36,9 @@ def test_bench_measures_both_loops_and_checkpointing_keeps_less(tmp_path: Path) 
     bench = _load("bench_train_pspnet")
     argv = "--device cpu --divisor 16 --crop 49 --batch 2 --iters 2 --warmup 1 --threads 1".split()
     a = bench.parser().parse_args(argv)
-    assert bench.finish_args(a) == ["plain", "bf16", "ckpt", "bf16+ckpt"]  # no fp16 on CPU
-    out = bench.run_benchmark(a, ["plain", "ckpt"])
-    for name in ("plain", "ckpt"):
+    assert bench.finish_args(a) == ["plain", "bf16", "ckpt", "ckpt-all", "bf16+ckpt", "bf16+ckpt-all"]  # no fp16
+    out = bench.run_benchmark(a, ["plain", "ckpt", "ckpt-all"])
+    for name in ("plain", "ckpt", "ckpt-all"):
         r = out["results"][name]
         assert len(r["times"]["bare"]) == len(r["times"]["trainer"]) == 2
         assert all(r["images_per_s"][m] > 0 for m in ("bare", "trainer")) and math.isfinite(r["overhead_pct"])
@@ -47,10 +47,11 @@ def test_bench_measures_both_loops_and_checkpointing_keeps_less(tmp_path: Path) 
             assert mem["step_peak_mib"] > mem["act_peak_mib"] > 0  # the step peak holds the gradients too
         assert 0 < r["memory"]["saved_mib"] <= r["memory"]["bare"]["step_peak_mib"]
         assert 0 < r["forward_share"] < 1
-    q = out["checkpointing"]["ckpt / plain"]
-    assert q["saved"] < 0.8 and q["act_peak"] < 0.8  # allocator accounting: deterministic, not a timing
+    light, every = out["checkpointing"]["ckpt / plain"], out["checkpointing"]["ckpt-all / plain"]
+    assert light["saved"] < 0.8 and light["act_peak"] < 0.8  # allocator accounting: deterministic, not a timing
+    assert every["saved"] < light["saved"] and every["act_peak"] <= light["act_peak"]  # + layer4, pyramid, head
     bench.write_json(tmp_path / "b.json", out)
-    assert json.loads((tmp_path / "b.json").read_text())["settings"]["configs"] == ["plain", "ckpt"]
+    assert json.loads((tmp_path / "b.json").read_text())["settings"]["configs"] == ["plain", "ckpt", "ckpt-all"]
 
 
 def test_bench_refuses_fp16_on_cpu_and_unknown_configs() -> None:
@@ -72,7 +73,9 @@ def test_gpu_check_dry_run_writes_the_check(tmp_path: Path) -> None:
     assert math.isfinite(check["overhead_pct"])
     settings = record["phases"]["pspnet-semseg-cityscapes:bf16+ckpt"]["settings"]
     assert (settings["divisor"], settings["crop"], settings["batch"]) == (16, 65, 2)
-    assert [p[1] for p in gpu.phases(True)][:2] == ["bf16+ckpt", "plain"] and "fp16+ckpt" not in str(gpu.phases(False))
+    assert [p[1] for p in gpu.phases(True)][:3] == ["bf16+ckpt", "plain", "ckpt"] and "fp16+ckpt" not in str(
+        gpu.phases(False)
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")

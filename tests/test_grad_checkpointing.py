@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from segconvert.reference_models.deeplab_v2 import DeepLabV2
-from segconvert.reference_models.pspnet import PSPNet
+from segconvert.reference_models.pspnet import CHECKPOINT_PARTS, PSPNet
 
 SMALL_PSP = dict(stem_widths=[4, 4, 8], widths=[4, 8, 8, 8], out_widths=[8, 8, 16, 16], ppm_width=4, head_width=8)
 
@@ -43,12 +43,14 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(2, 3, 65, 65, generator=g), torch.randint(0, 3, (2, 65, 65), generator=g)
 
 
-@pytest.mark.parametrize("norm", ["frozen", "bn"])
-def test_pspnet_checkpointing_same_gradients_and_bn_stats(norm: str) -> None:
+@pytest.mark.parametrize(
+    ("norm", "policy"), [("frozen", True), ("bn", True), ("bn", "light"), ("bn", ["stem", "head"])]
+)
+def test_pspnet_checkpointing_same_gradients_and_bn_stats(norm: str, policy: bool | str | list[str]) -> None:
     x, y = _data()
     plain = _psp(norm)
     ckpt = copy.deepcopy(plain)
-    ckpt.set_grad_checkpointing()
+    ckpt.set_grad_checkpointing(policy)
     assert ckpt.grad_checkpointing and ckpt.backbone.grad_checkpointing and not plain.grad_checkpointing
     _assert_close(_step(plain, x, y), _step(ckpt, x, y))
     buffers_plain, buffers_ckpt = dict(plain.named_buffers()), dict(ckpt.named_buffers())
@@ -63,6 +65,39 @@ def test_pspnet_checkpointing_same_gradients_and_bn_stats(norm: str) -> None:
         fresh = dict(_psp("frozen").named_buffers())
         for k, v in buffers_ckpt.items():
             assert torch.equal(v, fresh[k]), k
+
+
+@pytest.mark.parametrize(
+    ("policy", "parts"),
+    [
+        (True, CHECKPOINT_PARTS),
+        ("all", CHECKPOINT_PARTS),
+        ("light", ("stem", "layer1", "layer2", "layer3")),
+        (["layer4", "ppm"], ("layer4", "ppm")),
+        (False, ()),
+    ],
+)
+def test_checkpointing_recomputes_exactly_the_selected_parts(policy: bool | str | list[str], parts: tuple) -> None:
+    """A checkpointed part starts its forward twice in a training step (the backward's recompute), the others once."""
+    model = _psp("frozen")
+    model.set_grad_checkpointing(policy)
+    calls = dict.fromkeys(CHECKPOINT_PARTS, 0)
+    owners = {"ppm": model.ppm, "head": model.head, **{p: getattr(model.backbone, p) for p in CHECKPOINT_PARTS[:5]}}
+    for name, module in owners.items():
+        module.register_forward_pre_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+    _step(model, *_data())
+    assert calls == {p: 2 if p in parts else 1 for p in CHECKPOINT_PARTS}
+    assert model.grad_checkpointing == bool(parts) and model.backbone.grad_checkpointing == bool(
+        set(parts) - {"ppm", "head"}
+    )
+
+
+def test_checkpointing_refuses_unknown_parts_and_policies() -> None:
+    model = _psp("frozen")
+    with pytest.raises(ValueError, match="unknown PSPNet part to checkpoint: layer5"):
+        model.set_grad_checkpointing(["layer1", "layer5"])
+    with pytest.raises(ValueError, match="unknown checkpointing policy 'most'"):
+        model.set_grad_checkpointing("most")
 
 
 def test_eval_and_no_grad_forward_unchanged() -> None:

@@ -14,7 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from segconvert.errors import SegconvertError
 from segconvert.eval.datasets import get_dataset
+from segconvert.train.psp_model import checkpoint_policy
 from segconvert.train.psp_run import build_psp_run
 from segconvert.train.recipes import get_recipe
 from tests.train_synth import sigterm_after_three_iterations, write_psp_init, write_voc
@@ -108,8 +110,9 @@ def test_init_report_names_new_and_reinitialised_tensors(voc, tmp_path: Path) ->
 
 @pytest.mark.parametrize("amp", ["bf16", "none"])
 def test_amp_checkpointing_channels_last_train_and_frozen_bn_stays_frozen(voc, amp: str) -> None:
-    over = [f"run.amp={amp}", "run.grad_checkpointing=true", "run.channels_last=true", "solver.epochs=20"]
+    over = [f"run.amp={amp}", "run.grad_checkpointing=all", "run.channels_last=true", "solver.epochs=20"]
     run = _run("pspnet-semseg-voc", voc, *over, "model.norm=frozen")
+    assert run.model.checkpointed == {"stem", "layer1", "layer2", "layer3", "layer4", "ppm", "head"}
     before = {k: v.clone() for k, v in run.model.state_dict().items() if ".bn" in k or "bn." in k}
     losses = [run.trainer.step().mean_losses["main"] for _ in range(6)]
     assert losses[-1] < losses[0]
@@ -117,6 +120,15 @@ def test_amp_checkpointing_channels_last_train_and_frozen_bn_stays_frozen(voc, a
     assert before and all(torch.equal(v, after[k]) for k, v in before.items())  # no BN tensor moved
     state = run.trainer.state_dict()
     assert state["amp"]["mode"] == amp
+
+
+def test_grad_checkpointing_values() -> None:
+    assert [checkpoint_policy(v) for v in ("none", "light", "all", "layer3,head")] == [
+        False, "light", "all", ["layer3", "head"]
+    ]  # fmt: skip
+    with pytest.raises(SegconvertError, match=r"run.grad_checkpointing='layer9': expected none, all, light") as e:
+        checkpoint_policy("layer9")
+    assert e.value.key == "run.grad_checkpointing"
 
 
 def test_fp16_scaler_state_is_checkpointed(voc) -> None:
@@ -173,3 +185,21 @@ def test_fss_preset_from_the_slim_resnet_v1_50_checkpoint(voc, tmp_path: Path) -
     assert run.model.backbone.out_channels == 256  # the fixture's widths / 8
     rec = run.trainer.step()
     assert rec.mean_losses["reg"] > 0 and rec.iteration == 1
+
+
+@pytest.mark.parametrize(
+    ("flag", "policy"), [(["--grad-checkpointing"], "light"), (["--grad-checkpointing", "all"], "all")]
+)
+def test_grad_checkpointing_flag_sets_the_policy(voc, tmp_path: Path, flag: list[str], policy: str) -> None:
+    from click.testing import CliRunner
+
+    from segconvert.cli import cli
+
+    root, init = voc
+    sets = [a for s in SMALL for a in ("--set", s)]
+    args = ["train", "--recipe", "pspnet-semseg-voc", "--dataset", "voc", "--root", str(root), "--init", str(init),
+            "--quiet", *sets, "--max-iter", "1", *flag, "-o", str(tmp_path / "run")]  # fmt: skip
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    values = json.loads((tmp_path / "run" / "run.json").read_text())["recipe"]["values"]
+    assert values["run.grad_checkpointing"] == policy

@@ -63,9 +63,12 @@ def recipe_options(f: Any) -> Any:
         ),
         click.option(
             "--grad-checkpointing",
-            is_flag=True,
+            is_flag=False,
+            flag_value="light",
             default=None,
-            help="PSPNet presets: recompute backbone stages, pyramid and head in the backward.",
+            metavar="[light|all|PARTS]",
+            help="PSPNet presets: recompute activations in the backward: light (alone: stem, layer1-3), all "
+            "(+ layer4, pyramid, head) or a comma list of parts.",
         ),
         click.option("--compile", is_flag=True, default=None, help="PSPNet presets: torch.compile the forward."),
         click.option("--channels-last", is_flag=True, default=None, help="PSPNet presets: channels_last tensors."),

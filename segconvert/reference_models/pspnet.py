@@ -11,6 +11,7 @@ Module names and their Caffe counterparts (SPEC 4.2): ``backbone.stem.conv{1,2,3
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -19,12 +20,33 @@ from torch import Tensor, nn
 
 from .layers import ConvBNReLU, Resize, UpsampleToInput
 from .ops import RESIZE_MODES, CaffePool2d, TFSamePool2d, check_choice, make_norm
-from .resnet import BACKBONE_KEYS, ResNet, backbone_config, checkpoint_module, init_weights
+from .resnet import (
+    BACKBONE_KEYS,
+    STAGES,
+    ResNet,
+    backbone_config,
+    checkpoint_module,
+    checkpoint_selection,
+    init_weights,
+)
 
-__all__ = ["PSPNet", "PyramidPooling", "PPMPool", "pspnet_config", "PPM_MODES", "HEAD_ACTS"]
+__all__ = [
+    "PSPNet",
+    "PyramidPooling",
+    "PPMPool",
+    "pspnet_config",
+    "PPM_MODES",
+    "HEAD_ACTS",
+    "CHECKPOINT_PARTS",
+    "CHECKPOINT_POLICIES",
+]
 
 PPM_MODES = ("fixed", "adaptive", "tf_same", "tf_valid")
 HEAD_ACTS = ("relu", "relu6")  # activation of the pyramid-pooling convs and the 3x3 head conv
+CHECKPOINT_PARTS = (*STAGES, "ppm", "head")
+# "all": least memory; "light": the parts with the most activations per FLOP (the stem and layer1 at 1/2 and 1/4
+# resolution, layer2 and layer3 at 1/8), leaving layer4 and the 4096->512 head conv, most of the compute, alone
+CHECKPOINT_POLICIES = {"all": CHECKPOINT_PARTS, "light": ("stem", "layer1", "layer2", "layer3")}
 
 
 def _act(kind: str) -> nn.Module:
@@ -233,12 +255,20 @@ class PSPNet(nn.Module):
             if m is not None:
                 init_weights(m)
         self.grad_checkpointing = False
+        self.checkpointed: frozenset[str] = frozenset()
         self.train_upsample = True  # False: training logits stay at 1/8 (labels shrunk instead; not in config)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Checkpoint the backbone stages, the pyramid pooling and the head in training forwards."""
-        self.grad_checkpointing = bool(enable)
-        self.backbone.set_grad_checkpointing(enable)
+    def set_grad_checkpointing(self, enable: bool | str | Iterable[str] = True) -> None:
+        """Checkpoint parts in training forwards: True / ``"all"`` (the backbone stages, the pyramid pooling and
+        the head), a policy of :data:`CHECKPOINT_POLICIES`, names among ``stem``, ``layer1``..``layer4``,
+        ``ppm``, ``head``, or False."""
+        if isinstance(enable, str):
+            if enable not in CHECKPOINT_POLICIES:
+                raise ValueError(f"unknown checkpointing policy {enable!r} (known: {', '.join(CHECKPOINT_POLICIES)})")
+            enable = CHECKPOINT_POLICIES[enable]
+        self.checkpointed = checkpoint_selection(enable, CHECKPOINT_PARTS, "PSPNet part")
+        self.grad_checkpointing = bool(self.checkpointed)
+        self.backbone.set_grad_checkpointing(self.checkpointed & set(STAGES))
 
     @property
     def arch_name(self) -> str:
@@ -249,10 +279,8 @@ class PSPNet(nn.Module):
         bb = self.backbone
         c3 = bb.run_stage("layer3", bb.run_stage("layer2", bb.run_stage("layer1", bb.run_stage("stem", x))))
         c4 = bb.run_stage("layer4", c3)
-        if self.grad_checkpointing:
-            low = checkpoint_module(self.head, checkpoint_module(self.ppm, c4))
-        else:
-            low = self.head(self.ppm(c4))
+        ppm = checkpoint_module(self.ppm, c4) if "ppm" in self.checkpointed else self.ppm(c4)
+        low = checkpoint_module(self.head, ppm) if "head" in self.checkpointed else self.head(ppm)
         if not self.training:
             return self.upsample(low, size)
         up = self.train_upsample

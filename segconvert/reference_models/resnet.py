@@ -8,7 +8,7 @@ Every ReLU is its own module (``relu1``, ``relu2``, ``relu``) so forward hooks s
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from functools import partial
 from typing import Any
@@ -35,7 +35,9 @@ __all__ = [
     "Stem",
     "STAGE_BLOCKS",
     "backbone_config",
+    "STAGES",
     "checkpoint_module",
+    "checkpoint_selection",
     "resolve_strides",
     "resnet_config",
 ]
@@ -278,6 +280,20 @@ def checkpoint_module(module: nn.Module, *args: Tensor) -> Tensor:
     return checkpoint(module, *args, use_reentrant=False, context_fn=partial(_contexts, module))
 
 
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+
+
+def checkpoint_selection(enable: bool | Iterable[str], known: Sequence[str], what: str) -> frozenset[str]:
+    """``enable`` (True: all of ``known``, False: none, or names) as a set, refusing names not in ``known``."""
+    if isinstance(enable, bool):
+        return frozenset(known) if enable else frozenset()
+    names = frozenset(enable)
+    unknown = sorted(names - set(known))
+    if unknown:
+        raise ValueError(f"unknown {what} to checkpoint: {', '.join(unknown)} (known: {', '.join(known)})")
+    return names
+
+
 def init_weights(module: nn.Module) -> None:
     """He-normal (fan_out) convolutions, zero biases, unit BN scale (torchvision's defaults)."""
     for m in module.modules():
@@ -338,16 +354,19 @@ class ResNet(nn.Module):
         self.out_channels = in_ch
         self.fc = nn.Conv2d(in_ch, num_classes, 1) if num_classes > 0 else None
         self.grad_checkpointing = False
+        self.checkpointed: frozenset[str] = frozenset()
         init_weights(self)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Checkpoint the stem and each stage in training forwards (activations recomputed in backward)."""
-        self.grad_checkpointing = bool(enable)
+    def set_grad_checkpointing(self, enable: bool | Iterable[str] = True) -> None:
+        """Checkpoint stages in training forwards (activations recomputed in backward): True for the stem and
+        every stage, False for none, or the names among ``stem``, ``layer1``..``layer4``."""
+        self.checkpointed = checkpoint_selection(enable, STAGES, "backbone stage")
+        self.grad_checkpointing = bool(self.checkpointed)
 
     def run_stage(self, name: str, x: Tensor) -> Tensor:
-        """``stem`` or ``layer{1-4}`` on ``x``, checkpointed when :attr:`grad_checkpointing` is set."""
+        """``stem`` or ``layer{1-4}`` on ``x``, checkpointed when the stage is selected."""
         module = getattr(self, name)
-        return checkpoint_module(module, x) if self.grad_checkpointing else module(x)
+        return checkpoint_module(module, x) if name in self.checkpointed else module(x)
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
         """Outputs of ``stem`` (after the max-pool) and ``layer1``..``layer4``."""

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segconvert.errors import WeightsFileError
+from segconvert.errors import SegconvertError, WeightsFileError
 
-__all__ = ["PSPTrainNet", "build_psp_model", "load_psp_init", "psp_model_config", "psp_param_groups",
-           "snapshot_config", "snapshot_state"]  # fmt: skip
+__all__ = ["PSPTrainNet", "build_psp_model", "checkpoint_policy", "load_psp_init", "psp_model_config",
+           "psp_param_groups", "snapshot_config", "snapshot_state"]  # fmt: skip
 
 _BACKBONE_KEYS = ("depth", "stem", "stride_in", "padding", "stem_widths", "widths", "out_widths", "bn_eps")
 
@@ -64,6 +64,29 @@ def psp_model_config(values: dict[str, Any], init_meta: dict[str, Any] | None = 
         norm="bn",
         **cfg,
     )
+
+
+def checkpoint_policy(value: Any) -> bool | str | list[str]:
+    """``run.grad_checkpointing`` (``none``, ``light``, ``all``, a comma list of parts; true / false) as
+    :meth:`PSPNet.set_grad_checkpointing` takes it; anything else is refused naming the key."""
+    from segconvert.reference_models.pspnet import CHECKPOINT_PARTS, CHECKPOINT_POLICIES
+
+    if value in ("none", "", None, False):
+        return False
+    if value is True:
+        return "all"
+    if isinstance(value, str) and value in CHECKPOINT_POLICIES:
+        return value
+    parts = value if isinstance(value, list) else str(value).split(",")
+    parts = [str(p).strip() for p in parts]
+    unknown = [p for p in parts if p not in CHECKPOINT_PARTS]
+    if unknown or not parts:
+        raise SegconvertError(
+            f"run.grad_checkpointing={value!r}: expected none, {', '.join(CHECKPOINT_POLICIES)} or a comma list of "
+            f"{', '.join(CHECKPOINT_PARTS)}",
+            key="run.grad_checkpointing",
+        )
+    return parts
 
 
 def build_psp_model(values: dict[str, Any], init_meta: dict[str, Any] | None = None) -> nn.Module:

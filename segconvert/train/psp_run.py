@@ -48,7 +48,7 @@ def build_psp_run(resolved: Any, dataset: Any, *, init: str | Path | None = None
     from .distributed import convert_sync_batchnorm, world_info
     from .l2sp import L2SP
     from .psp_data import PSPBatches, PSPSamples, per_rank_batch
-    from .psp_model import PSPTrainNet, build_psp_model, load_psp_init, psp_param_groups
+    from .psp_model import PSPTrainNet, build_psp_model, checkpoint_policy, load_psp_init, psp_param_groups
     from .torch_engine import TorchTrainer
     from .transforms import build_transforms
 
@@ -64,8 +64,7 @@ def build_psp_run(resolved: Any, dataset: Any, *, init: str | Path | None = None
                               f"{dataset.num_classes}; set model.num_classes", key="model.num_classes")  # fmt: skip
     if v["model.norm"] == "syncbn" and world > 1:
         model = convert_sync_batchnorm(model, device)
-    if v["run.grad_checkpointing"]:
-        model.set_grad_checkpointing(True)
+    model.set_grad_checkpointing(checkpoint_policy(v["run.grad_checkpointing"]))
     mode = "shrink_labels" if int(v.get("data.label_shrink", 1)) > 1 else "resize_logits"
     net = PSPTrainNet(model, float(v["model.aux_weight"]), int(v["data.ignore_label"]), mode)
     base_lr = float(v["solver.base_lr"])

@@ -28,7 +28,11 @@ def _run_values(**model: tuple[object, str]) -> dict[str, RecipeValue]:
         "run.grad_accum": v(1, f"{us}: micro-batches per step and rank (per-rank batch = batch / world / this)"),
         "run.amp": v("none", f"{us}: --amp none|bf16|fp16 (autocast; GradScaler for fp16)"),
         "run.channels_last": v(False, f"{us}: --channels-last"),
-        "run.grad_checkpointing": v(False, f"{us}: --grad-checkpointing (backbone stages, pyramid, head)"),
+        "run.grad_checkpointing": v(
+            "none",
+            f"{us}: --grad-checkpointing [light|all|PARTS] (light: stem, layer1-3; all: + layer4, ppm, head; "
+            "or a comma list of stem, layer1..layer4, ppm, head)",
+        ),
         "run.compile": v(False, f"{us}: --compile (torch.compile of the training forward)"),
     }
     values.update({k: v(val, src) for k, (val, src) in model.items()})
