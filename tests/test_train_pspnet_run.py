@@ -203,3 +203,32 @@ def test_grad_checkpointing_flag_sets_the_policy(voc, tmp_path: Path, flag: list
     assert res.exit_code == 0, res.output
     values = json.loads((tmp_path / "run" / "run.json").read_text())["recipe"]["values"]
     assert values["run.grad_checkpointing"] == policy
+
+
+def test_compiled_training_equals_eager_with_checkpointing(voc) -> None:
+    """``run.compile`` through dynamo + AOT autograd (backend ``aot_eager``: the graph capture and the compiled
+    backward without inductor's C++ build) with activation checkpointing, the fss label shrink and the L2
+    regulariser: the same losses and updates as eager, BN statistics updated once per step."""
+    over = ["model.dropout=0.0", "run.grad_checkpointing=light"]
+    eager = _run("pspnet-fss-cityscapes", voc, *over)
+    w0 = {k: v.clone() for k, v in eager.model.state_dict().items()}
+    compiled = _run("pspnet-fss-cityscapes", voc, *over, "run.compile=true", "run.compile_backend=aot_eager")
+    assert compiled.trainer.forward is not compiled.trainer.wrapped  # the compiled wrapper runs the steps
+    losses = [(eager.trainer.step().loss, compiled.trainer.step().loss)]
+    we, wc = eager.model.state_dict(), compiled.model.state_dict()
+    assert we.keys() == wc.keys() == w0.keys()  # no compile-wrapper prefix in what checkpoints hold
+    params = [k for k in we if we[k].is_floating_point() and "running" not in k]
+    de = torch.cat([(we[k] - w0[k]).flatten() for k in params])
+    dc = torch.cat([(wc[k] - w0[k]).flatten() for k in params])
+    assert de.norm() > 0 and (de - dc).norm() / de.norm() < 1e-4  # the first update: the same gradients
+    losses += [(eager.trainer.step().loss, compiled.trainer.step().loss) for _ in range(2)]
+    for a, b in losses:  # later steps: float32 differences in the update grow through BN, the losses stay
+        assert abs(a - b) <= 1e-5 * abs(a), losses
+    for k in (k for k in we if "running" in k or "num_batches" in k):
+        assert torch.allclose(we[k].double(), wc[k].double(), rtol=1e-4, atol=1e-7), k
+    assert int(wc["backbone.layer1.0.bn1.num_batches_tracked"]) == 3
+
+
+def test_unknown_compile_backend_is_refused(voc) -> None:
+    with pytest.raises(SegconvertError, match="run.compile_backend='nope': not a torch.compile backend"):
+        _run("pspnet-semseg-voc", voc, "run.compile=true", "run.compile_backend=nope")

@@ -274,9 +274,13 @@ def checkpoint_module(module: nn.Module, *args: Tensor) -> Tensor:
 
     The backward recompute runs ``module`` again; BN layers in training mode would then count the batch twice
     in their running statistics, so those are restored after the recompute (frozen BN has none to update).
+    Under ``torch.compile`` the region is marked for the compiler's own recompute, which keeps the statistics'
+    update in the forward graph only.
     """
     if not torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return module(*args)
+    if torch.compiler.is_compiling():  # the compiled graph updates the statistics once; it recomputes the rest
+        return checkpoint(module, *args, use_reentrant=False)
     return checkpoint(module, *args, use_reentrant=False, context_fn=partial(_contexts, module))
 
 

@@ -24,7 +24,14 @@ from segconvert.fileio import atomic_write
 __all__ = ["build_psp_run", "train_psp_recipe", "PSP_RUN_OPTIONS"]
 
 # segconvert run options a preset carries (CLI flags set them; run.json records them)
-PSP_RUN_OPTIONS = ("run.amp", "run.channels_last", "run.grad_checkpointing", "run.compile", "run.grad_accum")
+PSP_RUN_OPTIONS = (
+    "run.amp",
+    "run.channels_last",
+    "run.grad_checkpointing",
+    "run.compile",
+    "run.compile_backend",
+    "run.grad_accum",
+)
 
 
 def _preprocessing(v: dict[str, Any]) -> dict[str, Any]:
@@ -38,6 +45,15 @@ class PSPRun:
 
     def __init__(self, **kw: Any) -> None:
         self.__dict__.update(kw)
+
+
+def _check_compile_backend(name: str) -> None:
+    import torch._dynamo
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if name not in known:
+        raise SegconvertError(f"run.compile_backend={name!r}: not a torch.compile backend (e.g. inductor, aot_eager)",
+                              key="run.compile_backend")  # fmt: skip
 
 
 def build_psp_run(resolved: Any, dataset: Any, *, init: str | Path | None = None, device: str = "cpu") -> PSPRun:
@@ -65,6 +81,8 @@ def build_psp_run(resolved: Any, dataset: Any, *, init: str | Path | None = None
     if v["model.norm"] == "syncbn" and world > 1:
         model = convert_sync_batchnorm(model, device)
     model.set_grad_checkpointing(checkpoint_policy(v["run.grad_checkpointing"]))
+    if v["run.compile"]:
+        _check_compile_backend(str(v["run.compile_backend"]))
     mode = "shrink_labels" if int(v.get("data.label_shrink", 1)) > 1 else "resize_logits"
     net = PSPTrainNet(model, float(v["model.aux_weight"]), int(v["data.ignore_label"]), mode)
     base_lr = float(v["solver.base_lr"])
@@ -89,7 +107,7 @@ def build_psp_run(resolved: Any, dataset: Any, *, init: str | Path | None = None
     trainer = TorchTrainer(net, optimizer, data, base_lr=base_lr, max_iter=max_iter, power=float(v["solver.power"]),
                            schedule=v["solver.schedule"], accumulate=accumulate, amp=amp, regulariser=regulariser,
                            device=device, channels_last=bool(v["run.channels_last"]),
-                           compile=bool(v["run.compile"]))  # fmt: skip
+                           compile=v["run.compile"] and str(v["run.compile_backend"]))  # fmt: skip
     return PSPRun(resolved=resolved, model=model, net=net, trainer=trainer, data=data, init_report=report,
                   init_meta=init_meta, rank=rank, world=world, per_rank_batch=batch, max_iter=max_iter)  # fmt: skip
 

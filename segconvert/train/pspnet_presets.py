@@ -34,6 +34,7 @@ def _run_values(**model: tuple[object, str]) -> dict[str, RecipeValue]:
             "or a comma list of stem, layer1..layer4, ppm, head)",
         ),
         "run.compile": v(False, f"{us}: --compile (torch.compile of the training forward)"),
+        "run.compile_backend": v("inductor", f"{us}: torch.compile backend (inductor; aot_eager: no code generation)"),
     }
     values.update({k: v(val, src) for k, (val, src) in model.items()})
     return values

@@ -68,7 +68,7 @@ class TorchTrainer:
         device: str | torch.device = "cpu",
         hooks: Iterable[Any] = (),
         channels_last: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> None:
         if schedule not in SCHEDULES:
             raise ValueError(f"solver.schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -83,7 +83,11 @@ class TorchTrainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.wrapped = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
-        self.forward = torch.compile(self.wrapped) if compile else self.wrapped
+        if compile:  # True: torch.compile's default backend (inductor); a string names the backend
+            backend = compile if isinstance(compile, str) else "inductor"
+            self.forward = torch.compile(self.wrapped, backend=backend)
+        else:
+            self.forward = self.wrapped
         self.optimizer, self.data = optimizer, data
         self.base_lr, self.max_iter, self.power = float(base_lr), int(max_iter), float(power)
         self.schedule, self.accumulate = schedule, int(accumulate)
