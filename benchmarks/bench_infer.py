@@ -6,7 +6,10 @@ their real fixture weights instead), converted with ``segconvert caffe2torch``, 
 own fresh process with the same thread count, alternating, ``--repeat`` times:
 
 - ``eager``: ``segconvert.load_model(weights)`` (the plain converted module);
-- ``fused``: ``segconvert.load_model(weights, fuse=True)`` (BatchNorm / Scale folded, in-place activations);
+- ``fused``: ``segconvert.load_model(weights, fuse=True)`` (BatchNorm / Scale folded, in-place activations,
+  convolutions + their ReLU as oneDNN primitives: :mod:`segconvert.inference.onednn`);
+- ``fused_nodnn``: the same without the oneDNN pass (``onednn=False``: eager ``F.conv2d``, ReLU separate);
+- ``fused_cl``: ``fused`` with weights and input in channels_last memory;
 - ``opencv``: ``cv2.dnn.readNetFromCaffe`` on the same net (the OpenCV-readable twin segconvert's parity
   runner writes: PSPNet's ``BN`` as BatchNorm + Scale, ``Interp`` as OpenCV's), OpenCV's default fusion on.
 
@@ -57,7 +60,7 @@ NETS = {
     "pspnet50": ("pspnet50_ade20k_473", 473, 473),
     "deeplab_v2": ("deeplab_v2_resnet101_msc", 513, 129),
 }
-RUNNERS = ("eager", "fused", "opencv")
+RUNNERS = ("eager", "fused", "fused_nodnn", "fused_cl", "opencv")
 
 
 # ------------------------------------------------------------------------------------------ children
@@ -92,9 +95,12 @@ def _child(args: argparse.Namespace) -> None:
         import segconvert
 
         torch.set_num_threads(args.threads)
-        model = segconvert.load_model(args.weights, fuse=args.child == "fused")
-        stages["loaded"] = peak_rss()
+        fuse, cl = args.child != "eager", args.child == "fused_cl"
+        model = segconvert.load_model(args.weights, fuse=fuse, onednn=False if args.child == "fused_nodnn" else None)
         xt = torch.from_numpy(x)
+        if cl:
+            model, xt = model.to(memory_format=torch.channels_last), xt.contiguous(memory_format=torch.channels_last)
+        stages["loaded"] = peak_rss()
 
         def forward() -> None:
             with torch.inference_mode():
@@ -182,9 +188,9 @@ def _cpu(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-infer-") as tmp:
         for name in args.nets:
             files = _prepare(name, args.quick, Path(tmp))
-            runs: dict[str, list[dict]] = {k: [] for k in RUNNERS}
+            runs: dict[str, list[dict]] = {k: [] for k in args.runners}
             for _ in range(args.repeat):
-                for kind in RUNNERS:
+                for kind in args.runners:
                     runs[kind].append(_run_child(kind, files, args))
             med = {k: statistics.median(r["median_s"] for r in v) for k, v in runs.items()}
             rss = {k: max(r["peak_rss"] for r in v) for k, v in runs.items()}
@@ -196,9 +202,15 @@ def _cpu(args: argparse.Namespace) -> dict:
                 "median_s": med,
                 "peak_rss_mb": {k: round(v / 2**20) for k, v in rss.items()},
                 "peak_rss_mb_by_stage": by_stage,
-                "fused_vs_eager": med["eager"] / med["fused"],
-                "fused_vs_opencv": med["opencv"] / med["fused"],
-                "rss_fused_over_opencv": rss["fused"] / rss["opencv"],
+                **({"fused_vs_eager": med["eager"] / med["fused"]} if {"eager", "fused"} <= med.keys() else {}),
+                **(
+                    {
+                        "fused_vs_opencv": med["opencv"] / med["fused"],
+                        "rss_fused_over_opencv": rss["fused"] / rss["opencv"],
+                    }
+                    if {"opencv", "fused"} <= med.keys()
+                    else {}
+                ),
             }
     return results
 
@@ -252,6 +264,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--repeat", type=int, default=1, help="fresh processes per runner (alternating)")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runners", nargs="+", choices=RUNNERS, default=list(RUNNERS))
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--gpu", action="store_true", help="the CUDA Cityscapes protocol run instead")
     ap.add_argument("--images", type=int, default=500)
@@ -281,16 +294,19 @@ def main() -> None:
     print(f"threads {args.threads}, load average {' '.join(f'{v:.2f}' for v in res['load'])}")
     for name, r in res["results"].items():
         m, rss = r["median_s"], r["peak_rss_mb"]
-        print(f"{name} {r['input']}: " + ", ".join(f"{k} {m[k]:.3f} s / {rss[k]} MB" for k in RUNNERS))
-        for k in RUNNERS:
+        print(f"{name} {r['input']}: " + ", ".join(f"{k} {m[k]:.3f} s / {rss[k]} MB" for k in m))
+        for k in m:
             print(
                 f"  {k} peak RSS by stage (MB): "
                 + ", ".join(f"{s} {v}" for s, v in r["peak_rss_mb_by_stage"][k].items())
             )
-        print(
-            f"  fused vs eager {r['fused_vs_eager']:.2f}x, fused vs OpenCV {r['fused_vs_opencv']:.2f}x, "
-            f"RSS fused/OpenCV {r['rss_fused_over_opencv']:.2f}"
-        )
+        ratios = [f"{k} {r[k]:.2f}" for k in ("fused_vs_eager", "fused_vs_opencv", "rss_fused_over_opencv") if k in r]
+        ratios += [
+            f"{k} vs fused {m[k] / m['fused']:.2f}x time"
+            for k in ("fused_nodnn", "fused_cl")
+            if k in m and "fused" in m
+        ]
+        print("  " + ", ".join(ratios))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,11 @@ Families: Fast-SCNN and DeepLabV3+ MobileNetV2 (output stride 16), full width, b
 - ``fused``: ``load_model(file, fuse=True)``, the form ``segconvert benchmark`` / ``predict`` use (BN folded
   into the convolutions, in-place activations);
 - ``fused_cl``: that in channels_last memory (``segconvert benchmark --channels-last``);
+- ``fused_nodnn`` / ``fused_cl_nodnn``: the same without the oneDNN convolution pass (``--no-onednn``:
+  eager ``F.conv2d``, activations separate), for A/B;
 - ``--allocators`` adds ``fused_thp`` (``THP_MEM_ALLOC_ENABLE=1``: PyTorch's CPU allocations on huge pages) and
-  ``fused_malloc`` (``MALLOC_MMAP_THRESHOLD_=2**30 MALLOC_TRIM_THRESHOLD_=2**31-1``: glibc keeps freed memory).
+  ``fused_malloc`` / ``fused_cl_malloc`` (``MALLOC_MMAP_THRESHOLD_=2**30 MALLOC_TRIM_THRESHOLD_=2**31-1``: glibc
+  keeps freed memory).
   By default glibc maps allocations above its (dynamic, at most 32 MB) threshold fresh and trims the heap on
   free, so every forward page-faults its large activations in again (``faults``: minor page faults per
   forward); TF's own allocator keeps its memory.
@@ -40,10 +43,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
-RUNTIMES = ("keras", "keras_eager", "eager", "fused", "fused_cl")
+RUNTIMES = ("keras", "keras_eager", "eager", "fused", "fused_cl", "fused_nodnn", "fused_cl_nodnn")
 ALLOCATORS = {  # --allocators: the fused model with the CPU allocator tuned through the environment
     "fused_thp": {"THP_MEM_ALLOC_ENABLE": "1"},
     "fused_malloc": {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)},
+    "fused_cl_malloc": {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)},
 }
 
 MAKE = textwrap.dedent(
@@ -106,10 +110,11 @@ TIME_TORCH = (
     import json, sys, time
     import torch
     from segconvert import load_model
-    path, (h, w, batch, warmup, repeat, threads, fuse, cl), device = sys.argv[1], map(int, sys.argv[2:10]), sys.argv[10]
+    path, (h, w, batch, warmup, repeat, threads, fuse, cl, dnn) = sys.argv[1], map(int, sys.argv[2:11])
+    device = sys.argv[11]
     if threads:
         torch.set_num_threads(threads)
-    m = load_model(path, device=device, fuse=bool(fuse))
+    m = load_model(path, device=device, fuse=bool(fuse), onednn=None if dnn else False)
     x = torch.rand(batch, 3, h, w, device=device) * 2 - 1
     if cl:  # NHWC memory: the same values, oneDNN's NHWC depthwise / 1x1 kernels (TF's layout)
         m, x = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
@@ -125,7 +130,10 @@ TIME_TORCH = (
             torch.cuda.synchronize()
     times = timed(f, warmup, repeat)
     folded = sum(len(v) for v in m.segconvert_fuse.folded.values()) if getattr(m, "segconvert_fuse", None) else 0
-    print(json.dumps({"times": times, "threads": torch.get_num_threads(), "folded": folded, "faults": faults}))
+    dnn = getattr(m, "segconvert_onednn", None)
+    dnn = len(dnn.convs) if dnn is not None else 0
+    print(json.dumps({"times": times, "threads": torch.get_num_threads(), "folded": folded, "onednn": dnn,
+                      "faults": faults}))
     """
     )
 )
@@ -147,9 +155,9 @@ def _stats(times: list[float], batch: int) -> dict:
 def _measure(runtime: str, h5: Path, st: Path, run: tuple, a: argparse.Namespace) -> dict:
     if runtime.startswith("keras"):
         return _child(TIME_KERAS, h5, *run, a.threads, int(runtime == "keras"))
-    fuse, cl = int(runtime != "eager"), int(runtime == "fused_cl")
+    fuse, cl, dnn = int(runtime != "eager"), int(runtime.startswith("fused_cl")), int("nodnn" not in runtime)
     env = {**ENV, **ALLOCATORS.get(runtime, {})}
-    return _child(TIME_TORCH, st, *run, a.threads, fuse, cl, a.device, env=env)
+    return _child(TIME_TORCH, st, *run, a.threads, fuse, cl, dnn, a.device, env=env)
 
 
 def bench_family(fam: str, tmp: Path, a: argparse.Namespace) -> list[dict]:

@@ -16,6 +16,12 @@ import click
 @click.option("--channels-last", is_flag=True, help="channels_last memory format for weights and input.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (compile time is in warm-up).")
 @click.option("--no-fuse", is_flag=True, help="Time the plain converted module (no BatchNorm folding).")
+@click.option("--no-onednn", is_flag=True, help="Fused, but convolutions through eager F.conv2d (no oneDNN pass).")
+@click.option(
+    "--keep-freed-memory",
+    is_flag=True,
+    help="glibc keeps freed activations for the next forward (no page faults; higher peak RSS).",
+)
 @click.option("--warmup", type=int, default=2, show_default=True)
 @click.option("--runs", type=int, default=10, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's).")
@@ -29,6 +35,8 @@ def benchmark(
     channels_last: bool,
     compile_: bool,
     no_fuse: bool,
+    no_onednn: bool,
+    keep_freed_memory: bool,
     warmup: int,
     runs: int,
     threads: int | None,
@@ -52,6 +60,10 @@ def benchmark(
         raise click.UsageError(str(exc)) from exc
     if threads:
         torch.set_num_threads(threads)
+    if keep_freed_memory:
+        from segconvert.inference.memory import keep_freed_memory as keep
+
+        keep()
     meta = read_metadata(weights)
     inputs = synthetic_inputs(input_specs(meta), size=input_size, batch=batch)
     model = load_model(weights, device=str(dev))
@@ -60,14 +72,18 @@ def benchmark(
         fuse=not no_fuse,
         channels_last=channels_last,
         compile=compile_,
+        onednn=False if no_onednn or dtype is not None else None,
         inputs=[x[:1] for x in inputs],
         source=weights,
     )
+    onednn = getattr(model, "segconvert_onednn", None)
     settings = {
         "fused": not no_fuse,
+        "onednn": bool(onednn and onednn.convs),
         "amp": amp,
         "channels_last": channels_last,
         "compile": compile_,
+        "keep_freed_memory": keep_freed_memory,
         "threads": torch.get_num_threads(),
     }
     res = benchmark_model(
@@ -77,7 +93,7 @@ def benchmark(
         click.echo(json.dumps({"weights": str(weights), **res.to_json()}, indent=1))
         return
     shapes = ", ".join("x".join(map(str, s)) for s in res.input_shapes)
-    on = [k for k in ("fused", "channels_last", "compile") if settings[k]] + ([amp] if amp else [])
+    on = [k for k in ("fused", "onednn", "channels_last", "compile") if settings[k]] + ([amp] if amp else [])
     click.echo(f"{weights}  input {shapes}  {res.device}  {', '.join(on) or 'eager'}  threads {settings['threads']}")
     click.echo(f"{'median ms':>10} {'p90 ms':>9} {'images/s':>9} {'peak MiB':>9}  ({res.runs} runs after {res.warmup})")
     click.echo(f"{res.median_ms:>10.2f} {res.p90_ms:>9.2f} {res.images_per_second:>9.2f} {res.peak_memory_mib:>9.0f}")

@@ -67,6 +67,9 @@ def _run_options(f: Any) -> Any:
         click.option("--json", "as_json", is_flag=True, help="Print the results as JSON."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
         click.option("--no-fuse", is_flag=True, help="Run the plain converted module (no BatchNorm folding)."),
+        click.option(
+            "--no-onednn", is_flag=True, help="Fused, but convolutions through eager F.conv2d (no oneDNN pass)."
+        ),
         click.option("--benchmark", is_flag=True, help="Print images/s split into decode, protocol, network, metrics."),
     ]
     for opt in reversed(options):

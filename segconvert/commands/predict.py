@@ -8,7 +8,14 @@ from typing import Any
 
 import click
 
-from segconvert.commands._args import DATASET_CHOICE, ProtocolChoice, preprocessing_options, resolve_preprocessing
+from segconvert.commands._args import (
+    DATASET_CHOICE,
+    ProtocolChoice,
+    preprocessing_options,
+    resolve_preprocessing,
+    throughput_options,
+)
+from segconvert.errors import SegconvertError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -42,8 +49,10 @@ def _images(paths: tuple[str, ...]) -> list[tuple[Path, str]]:
 @click.option("--flip/--no-flip", default=None, help="Flip augmentation (default: the preset's).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
 @click.option("--batch-size", type=int, default=None, help="Crops per forward (default: 8 on CUDA, 1 on CPU).")
+@throughput_options
 @click.option("--amp/--no-amp", default=None, help="Autocast: float16 on CUDA (default on), bfloat16 on CPU.")
 @click.option("--no-fuse", is_flag=True, help="Run the plain converted module (no BatchNorm folding).")
+@click.option("--no-onednn", is_flag=True, help="Fused, but convolutions through eager F.conv2d (no oneDNN pass).")
 @preprocessing_options
 @click.option("--show", is_flag=True, help="Print the classes present with their pixel shares.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -57,8 +66,11 @@ def predict(
     flip: bool | None,
     device: str,
     batch_size: int | None,
+    batch_memory: float | None,
+    workers: int | None,
     amp: bool | None,
     no_fuse: bool,
+    no_onednn: bool,
     mean: str | None,
     std: str | None,
     bgr: bool | None,
@@ -70,16 +82,20 @@ def predict(
     Preprocessing (channel order, mean / std) comes from the weights' metadata; images run at their own
     resolution with the weights' protocol (padding to the input size, sliding windows when larger).
     --mean/--std/--bgr/--rgb replace the recorded normalisation (and give one to nets that record none,
-    such as generic Caffe conversions).
+    such as generic Caffe conversions). --workers decodes the images in worker processes and --batch-memory
+    batches sliding-window crops to a budget, as in eval; the outputs are the same with any of their values.
     """
     from tqdm import tqdm
 
+    from segconvert.eval.loader import default_workers
     from segconvert.eval.protocols import parse_scales
     from segconvert.eval.runner import resolve_device
     from segconvert.fileio import check_output_path
     from segconvert.inference import predict as lib
     from segconvert.weights.store import load_model, read_metadata
 
+    if batch_size and batch_memory:
+        raise SegconvertError("give --batch-size (crops per forward) or --batch-memory (a budget), not both")
     check_output_path(out_dir, directory=True)
     files = _images(images)
     meta = read_metadata(weights)
@@ -93,22 +109,35 @@ def predict(
     prep = None  # the weights' own (segconvert.inference.predict)
     if recorded is None or mean is not None or std is not None or bgr is not None:
         prep = resolve_preprocessing(weights, meta, mean, std, bgr, recorded=recorded or {})
-    model = load_model(weights, device=str(dev), fuse=not no_fuse)
+    on_cpu_amp = bool(amp) and dev.type == "cpu"  # bf16 autocast: the oneDNN modules would fall back anyway
+    model = load_model(weights, device=str(dev), fuse=not no_fuse, onednn=False if no_onednn or on_cpu_amp else None)
     palette = lib.palette_for(meta, dataset)
     names = lib.class_names_for(meta, dataset)
     bar = tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr, disable=quiet or len(files) < 2)
+    results = lib.predict_files(
+        model,
+        [path for path, _ in files],
+        protocol=protocol,
+        dataset=dataset,
+        scales=scale_values,
+        flip=flip,
+        preprocessing=prep,
+        device=dev,
+        amp=amp,
+        batch_size=batch_size,
+        batch_memory=batch_memory,
+        workers=default_workers() if workers is None else workers,
+    )
     try:
-        for path, stem in files:
-            image = lib.load_image(path)
+        while True:
             try:
-                proto = lib.model_protocol(
-                    meta, image.shape[:2], protocol, dataset=dataset, scales=scale_values, flip=flip
-                )
-            except ValueError as exc:
+                result = next(results, None)
+            except lib.ProtocolOptionsError as exc:
                 raise click.UsageError(str(exc)) from exc
-            pred = lib.predict(
-                model, image, protocol=proto, preprocessing=prep, device=dev, amp=amp, batch_size=batch_size
-            )
+            if result is None:
+                break
+            i, image, pred = result
+            path, stem = files[i]
             lib.write_prediction(pred, image, out_dir, stem, palette)
             if show:
                 rows: list[Any] = lib.legend(pred, names)
@@ -117,6 +146,7 @@ def predict(
                     click.echo(f"  {cid:>4}  {name:<24} {100 * share:6.2f}%")
             bar.update(1)
     finally:
+        results.close()
         bar.close()
     click.echo(f"wrote {len(files)} prediction(s) to {out_dir} (labels/, color/, overlay/)", err=True)
 

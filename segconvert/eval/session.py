@@ -42,7 +42,9 @@ def run_cli_evaluation(
     if not run.get("no_fuse"):
         from segconvert.inference.prepare import prepare_model
 
-        model = prepare_model(model, fuse=True)  # the inference form; the weights file is not touched
+        cpu_amp = bool(run.get("amp")) and getattr(dev, "type", str(dev)) == "cpu"  # bf16: no oneDNN pass
+        onednn = False if run.get("no_onednn") or cpu_amp else None
+        model = prepare_model(model, fuse=True, onednn=onednn)  # the inference form; the weights file is not touched
     workers = run.get("workers")
     result = evaluate(
         model,

@@ -17,9 +17,10 @@ import ctypes.util
 import resource
 import sys
 
-__all__ = ["fix_mmap_threshold", "peak_rss", "current_rss", "proc_status_bytes"]
+__all__ = ["fix_mmap_threshold", "keep_freed_memory", "peak_rss", "current_rss", "proc_status_bytes"]
 
-_M_MMAP_THRESHOLD = -3  # glibc malloc.h
+_M_TRIM_THRESHOLD = -1  # glibc malloc.h
+_M_MMAP_THRESHOLD = -3
 
 
 def fix_mmap_threshold(mib: float = 1.0) -> bool:
@@ -31,6 +32,23 @@ def fix_mmap_threshold(mib: float = 1.0) -> bool:
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mib * 2**20)))
     except (OSError, AttributeError):  # musl and other C libraries without mallopt
         return False
+
+
+def _mallopt(param: int, value: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(param, value))
+    except (OSError, AttributeError):  # musl and other C libraries without mallopt
+        return False
+
+
+def keep_freed_memory() -> bool:
+    """The opposite policy, for latency: glibc keeps freed activations for the next forward (heap only, no
+    trimming: ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` set high, from inside the process), so
+    a steady-state forward page-faults nothing in. Peak RSS then also keeps what fragmentation holds."""
+    return _mallopt(_M_MMAP_THRESHOLD, 2**30) and _mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
 
 
 def proc_status_bytes(key: str) -> int | None:

@@ -46,6 +46,11 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None) -> Iterator[
         yield
 
 
+def _cpu_float32(model: nn.Module) -> bool:
+    params = list(model.parameters())
+    return bool(params) and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
+
+
 def prepare_model(
     model: nn.Module,
     *,
@@ -53,6 +58,7 @@ def prepare_model(
     check: bool = False,
     channels_last: bool = False,
     compile: bool = False,
+    onednn: bool | None = None,
     inputs: Sequence[torch.Tensor] | None = None,
     source: Any = None,
 ) -> nn.Module:
@@ -62,7 +68,12 @@ def prepare_model(
     ``inputs`` (default: the metadata's synthetic input) and raise :class:`WeightsFileError` naming ``source``
     when a folded layer is off by more than 1e-5 x its magnitude. ``channels_last``: the weights' memory
     format; ``compile``: ``torch.compile`` (the returned module is the compiled wrapper, metadata kept).
-    The fuse report is kept as ``model.segconvert_fuse`` (None when not fused).
+    ``onednn``: after folding, run the convolutions (+ the activation reading each alone) as oneDNN fused
+    primitives (:mod:`segconvert.inference.onednn`); None: when it is exact and possible -- fused, not
+    compiled, model on the CPU in float32, oneDNN present. Callers that will autocast pass False (the
+    modules would fall back to eager at every call anyway). The fuse report is kept as
+    ``model.segconvert_fuse`` (None when not fused), the oneDNN one as ``model.segconvert_onednn`` (None
+    when the pass did not run).
     """
     from segconvert.inference.fuse import check_fused, fuse_model
 
@@ -80,6 +91,13 @@ def prepare_model(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.segconvert_fuse = report
+    model.segconvert_onednn = None
+    if onednn is None:
+        onednn = fuse and not compile and _cpu_float32(model)
+    if onednn:
+        from segconvert.inference.onednn import onednn_model
+
+        onednn_model(model, inputs)
     if compile:
         compiled = torch.compile(model, dynamic=True)
         compiled.segconvert_meta = meta  # type: ignore[attr-defined]

@@ -293,15 +293,23 @@ def _assign(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 def load_model(
-    path: str | os.PathLike[str], device: str = "cpu", *, fuse: bool = False, check: bool = False, **overrides: Any
+    path: str | os.PathLike[str],
+    device: str = "cpu",
+    *,
+    fuse: bool = False,
+    check: bool = False,
+    onednn: bool | None = None,
+    **overrides: Any,
 ) -> torch.nn.Module:
     """Rebuild the model from the file's metadata, load the weights strictly, and put it in eval mode.
 
     ``fuse=True``: the inference form (BatchNorm / Scale / Bias folded into the convolutions, in-place
     activations; :func:`segconvert.inference.prepare.prepare_model`), ``check=True`` verifying it against the
-    unfused model on the metadata's input. The default is the plain module, whose submodules and
-    intermediate outputs are the source layers' (what parity checks and fine-tuning need); ``eval``,
-    ``predict`` and ``benchmark`` ask for the fused form. The weights file is never changed.
+    unfused model on the metadata's input; ``onednn`` (with ``fuse``): the oneDNN convolution pass (None:
+    on the CPU in float32; pass False when the model will run under autocast). The default is the plain
+    module, whose submodules and intermediate outputs are the source layers' (what parity checks and
+    fine-tuning need); ``eval``, ``predict`` and ``benchmark`` ask for the fused form. The weights file is
+    never changed.
     """
     path = Path(path)
     state, meta = _load_raw(path)
@@ -312,5 +320,5 @@ def load_model(
     if fuse:
         from segconvert.inference.prepare import prepare_model
 
-        model = prepare_model(model, fuse=True, check=check, source=path)
+        model = prepare_model(model, fuse=True, check=check, onednn=onednn, source=path)
     return model
