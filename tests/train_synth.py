@@ -17,9 +17,21 @@ from segconvert.train.checkpoint import find_checkpoints
 COLOURS = {1: (220, 30, 30), 2: (30, 200, 40), 3: (40, 40, 230)}
 
 
-def write_voc(root: Path, n: int = 3, size: int = 65, lo: int = 28, hi: int = 40, seed: int = 0) -> list[str]:
+def write_voc(
+    root: Path,
+    n: int = 3,
+    size: int = 65,
+    lo: int = 28,
+    hi: int = 40,
+    seed: int = 0,
+    halves: bool = False,
+    void: int = 0,
+) -> list[str]:
     """``n`` images (grey background, one coloured rectangle of class 1 + i % 3) in VOC's layout, split
-    ``train_aug`` (SegmentationClassAug grey labels) and ``val`` (the same images, palette labels)."""
+    ``train_aug`` (SegmentationClassAug grey labels) and ``val`` (the same images, palette labels).
+    ``halves``: the coloured region is everything right of a column drawn from [lo, hi) (one straight edge:
+    the fewest boundary pixels, which stride-8 logits cannot place exactly). ``void``: labels within this many
+    pixels of the region's edge are 255, VOC's void border (its annotations have a ~5-pixel one)."""
     rng = np.random.default_rng(seed)
     for d in ("JPEGImages", "SegmentationClassAug", "SegmentationClass", "ImageSets/Segmentation"):
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -33,8 +45,15 @@ def write_voc(root: Path, n: int = 3, size: int = 65, lo: int = 28, hi: int = 40
         c = 1 + i % 3
         h, w = (int(v) for v in rng.integers(lo, hi, 2))
         y, x = int(rng.integers(0, size - h)), int(rng.integers(0, size - w))
+        if halves:
+            y, h, x = 0, size, w
+            w = size - x
         img[y : y + h, x : x + w] = COLOURS[c]
-        lab[y : y + h, x : x + w] = c
+        if void:
+            lab[max(0, y - void) : y + h + void, max(0, x - void) : x + w + void] = 255
+            lab[y + void : y + h - void, x + void : x + w - void] = c
+        else:
+            lab[y : y + h, x : x + w] = c
         name = f"2007_{i:06d}"
         Image.fromarray(img).save(root / "JPEGImages" / f"{name}.jpg", quality=95)
         Image.fromarray(lab).save(root / "SegmentationClassAug" / f"{name}.png")
