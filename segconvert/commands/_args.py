@@ -117,3 +117,47 @@ def resolve_preprocessing(
         base["channel_order"] = "BGR" if bgr else "RGB"
     base.setdefault("channel_order", "RGB")
     return Preprocessing.from_meta(base)
+
+
+# ------------------------------------------------------------ throughput options (predict; eval's own semantics)
+
+
+class _Bounded(click.ParamType):
+    """An int / float of at least ``low``; a bad value is one line (``error: --opt: reason``, exit 2)."""
+
+    def __init__(self, kind: type, low: float, what: str) -> None:
+        self.kind, self.low, self.what = kind, low, what
+        self.name = kind.__name__
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        opt = f"--{param.name.replace('_', '-')}: " if param is not None and param.name else ""
+        try:
+            number = self.kind(value)
+        except (TypeError, ValueError):
+            raise SegconvertError(f"{opt}{value!r} is not a number; give {self.what}") from None
+        if number < self.low:
+            raise SegconvertError(f"{opt}{value} is out of range; give {self.what}")
+        return number
+
+
+def throughput_options(f: Any) -> Any:
+    """``--workers N`` and ``--batch-memory MiB`` as ``segconvert eval`` reads them (keyword arguments
+    ``workers``, ``batch_memory``); out-of-range values are one-line errors raised while the options parse."""
+    for opt in reversed(
+        [
+            click.option(
+                "--batch-memory",
+                type=_Bounded(float, 1, "a budget of at least 1 MiB"),
+                default=None,
+                help="MiB: crops per forward from this budget, measured on the first crop (instead of --batch-size).",
+            ),
+            click.option(
+                "--workers",
+                type=_Bounded(int, 0, "0 (decode in this process) or more worker processes"),
+                default=None,
+                help="Processes decoding images (default: half the CPUs, at most 4; 0: in the main process).",
+            ),
+        ]
+    ):
+        f = opt(f)
+    return f

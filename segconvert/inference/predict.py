@@ -11,15 +11,19 @@ The protocol is one of :mod:`segconvert.eval.protocols` (the same code ``segconv
 
 ``scales`` / ``flip`` are eval's ``--scales`` / ``--flip``. Label maps are class indices (uint8, or int32
 above 256 classes); :func:`write_prediction` writes the index PNG, the palette PNG and an overlay.
+
+:func:`predict_files` runs many files with eval's throughput machinery: images decoded by DataLoader workers
+(:func:`segconvert.eval.loader.decoded`, results in input order) and sliding-window crops batched to a memory
+budget (:class:`~segconvert.eval.protocols.Runtime` ``batch_memory``); neither changes a label.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -41,6 +45,9 @@ __all__ = [
     "model_protocol",
     "predict",
     "predict_scores",
+    "predict_files",
+    "ImageFiles",
+    "ProtocolOptionsError",
     "legend",
     "palette_for",
     "class_names_for",
@@ -176,6 +183,7 @@ def _setup(
     amp: bool | None,
     channels_last: bool | None,
     batch_size: int | None,
+    batch_memory: float | None = None,
 ) -> _Setup:
     from segconvert.eval.runner import resolve_device
 
@@ -185,7 +193,7 @@ def _setup(
     if preprocessing is None:
         meta = getattr(model, "segconvert_meta", None) or {}
         preprocessing = Preprocessing.from_meta(recorded_preprocessing(meta) or None)
-    return _Setup(preprocessing, Runtime(dev, batch_size, amp, channels_last))
+    return _Setup(preprocessing, Runtime(dev, batch_size, amp, channels_last, batch_memory=batch_memory))
 
 
 def predict_scores(
@@ -201,13 +209,14 @@ def predict_scores(
     amp: bool | None = None,
     channels_last: bool | None = None,
     batch_size: int | None = None,
+    batch_memory: float | None = None,
 ) -> torch.Tensor:
     """(K, H, W) scores of the protocol (argmax over K is the prediction); arguments as :func:`predict`."""
     img = load_image(image)
     meta = getattr(model, "segconvert_meta", None) or {}
     if meta:
         image_input_check(meta)
-    s = _setup(model, preprocessing, device, amp, channels_last, batch_size)
+    s = _setup(model, preprocessing, device, amp, channels_last, batch_size, batch_memory)
     proto = (
         protocol
         if isinstance(protocol, Protocol)
@@ -223,12 +232,84 @@ def predict(model: nn.Module, image: Any, **options: Any) -> np.ndarray:
     ``options``: ``protocol`` (a preset name or a :class:`Protocol`; default see the module docstring),
     ``dataset`` (its preset sizes and palette; default from the metadata), ``scales``, ``flip``,
     ``preprocessing`` (default: the weights' metadata), ``device`` (default: the model's), ``amp``,
-    ``channels_last``, ``batch_size`` (crops per forward), as in ``segconvert eval``.
+    ``channels_last``, ``batch_size`` (crops per forward), ``batch_memory`` (MiB: crops per forward from
+    that budget), as in ``segconvert eval``.
     """
-    scores = predict_scores(model, image, **options)
-    pred = scores.argmax(0)
+    return _labels(predict_scores(model, image, **options))
+
+
+def _labels(scores: torch.Tensor) -> np.ndarray:
     dtype = np.uint8 if scores.shape[0] <= 256 else np.int32
-    return pred.cpu().numpy().astype(dtype)
+    return scores.argmax(0).cpu().numpy().astype(dtype)
+
+
+class ImageFiles:
+    """Image files in the form :func:`segconvert.eval.loader.decoded` reads (``load_image``; no ground truth)."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike[str]]) -> None:
+        self.paths = [Path(p) for p in paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load_image(self, i: int) -> np.ndarray:
+        return load_image(self.paths[i])
+
+    def load_target(self, i: int) -> None:
+        return None
+
+
+class ProtocolOptionsError(ValueError):
+    """The protocol options do not fit an image (e.g. scales given to ``deeplab-msc``)."""
+
+
+def predict_files(
+    model: nn.Module,
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    protocol: str | Protocol | None = None,
+    dataset: str | None = None,
+    scales: tuple[float, ...] | None = None,
+    flip: bool | None = None,
+    preprocessing: Preprocessing | None = None,
+    device: str | torch.device | None = None,
+    amp: bool | None = None,
+    channels_last: bool | None = None,
+    batch_size: int | None = None,
+    batch_memory: float | None = None,
+    workers: int = 0,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(index, image, label map) of every file of ``paths``, in that order; options as :func:`predict`.
+
+    ``workers`` > 0: the files are decoded by that many DataLoader worker processes (eval's loader); a file
+    that cannot be read raises its one-line error here. One :class:`Runtime` serves all images, so a
+    ``batch_memory`` budget is measured once per crop size. The labels depend on neither option.
+    """
+    from segconvert.eval.datasets import SegDataset
+    from segconvert.eval.loader import decoded
+
+    meta = getattr(model, "segconvert_meta", None) or {}
+    if meta:
+        image_input_check(meta)
+    s = _setup(model, preprocessing, device, amp, channels_last, batch_size, batch_memory)
+    model = model.eval().to(s.rt.device, memory_format=s.rt.memory_format)
+    items = decoded(cast(SegDataset, ImageFiles(paths)), range(len(paths)), max(0, int(workers)))
+    try:
+        for item in items:
+            if item.error is not None:
+                raise item.error
+            assert item.image is not None
+            proto = protocol if isinstance(protocol, Protocol) else None
+            if proto is None:
+                try:
+                    proto = model_protocol(
+                        meta, item.image.shape[:2], protocol, dataset=dataset, scales=scales, flip=flip
+                    )
+                except ValueError as exc:
+                    raise ProtocolOptionsError(str(exc)) from exc
+            yield item.index, item.image, _labels(proto.predict(model, item.image, s.prep, s.rt))
+    finally:
+        items.close()  # stops the workers when the caller stops early
 
 
 def palette_for(meta: Mapping[str, Any], dataset: str | None = None) -> np.ndarray:
