@@ -18,9 +18,11 @@ import click
 @click.option("--no-fuse", is_flag=True, help="Time the plain converted module (no BatchNorm folding).")
 @click.option("--no-onednn", is_flag=True, help="Fused, but convolutions through eager F.conv2d (no oneDNN pass).")
 @click.option(
-    "--keep-freed-memory",
-    is_flag=True,
-    help="glibc keeps freed activations for the next forward (no page faults; higher peak RSS).",
+    "--keep-freed-memory/--release-freed-memory",
+    default=True,
+    show_default=True,
+    help="glibc keeps freed activations for the next forward, as a serving process's steady state does (no "
+    "page faults; higher peak RSS), or returns them to the system at once (eval's policy: lowest RSS).",
 )
 @click.option("--warmup", type=int, default=2, show_default=True)
 @click.option("--runs", type=int, default=10, show_default=True)
@@ -60,10 +62,13 @@ def benchmark(
         raise click.UsageError(str(exc)) from exc
     if threads:
         torch.set_num_threads(threads)
-    if keep_freed_memory:
-        from segconvert.inference.memory import keep_freed_memory as keep
+    from segconvert.inference.memory import fix_mmap_threshold
+    from segconvert.inference.memory import keep_freed_memory as keep
 
+    if keep_freed_memory:  # latency: a serving process's steady state (the default)
         keep()
+    else:  # eval's policy: freed activations go back at once (lowest peak RSS)
+        fix_mmap_threshold(1.0)
     meta = read_metadata(weights)
     inputs = synthetic_inputs(input_specs(meta), size=input_size, batch=batch)
     model = load_model(weights, device=str(dev))

@@ -110,6 +110,7 @@ class KerasGenericNet(nn.Module):
         self.input_names = [i["name"] for i in self.config["inputs"]]
         self.output_names = [o["name"] for o in self.config["outputs"]]
         reserved = set(dir(nn.Module)) | {"config", "input_names", "output_names", "steps", "layer_outputs"}
+        reserved.add("activation_in_module")
         for step in self.config["steps"]:
             module = step["module"]
             if module is not None and module not in self._modules:
@@ -117,6 +118,9 @@ class KerasGenericNet(nn.Module):
                     raise ValueError(f"layer '{step['name']}': module name {module!r} is reserved")
                 self.add_module(module, build_module(step["ctor"], step.get("args", []), step.get("kwargs", {})))
         self.steps = self.config["steps"]
+        # layers whose activation an inference pass moved into a module (segconvert.inference.onednn_keras);
+        # not state: the config, state_dict and emitted source are unchanged
+        self.activation_in_module: set[str] = set()
 
     def _run(self, inputs: tuple[torch.Tensor, ...], record: dict[str, torch.Tensor] | None) -> dict[str, Any]:
         if len(inputs) != len(self.input_names):
@@ -136,7 +140,7 @@ class KerasGenericNet(nn.Module):
                 out = self._modules[step["module"]](*args)
             outs = list(out) if isinstance(out, tuple) else [out]
             act = step.get("activation")
-            if act:
+            if act and step["name"] not in getattr(self, "activation_in_module", ()):
                 outs = [
                     keras_ops.activation(o, act["name"], act.get("dim", 1), act.get("hard_slope", 0.2)) for o in outs
                 ]

@@ -91,6 +91,7 @@ def _semseg(dataset: str, crop: int, epochs: int, classes: int, cfg: str) -> Rec
                 "model.dropout": (0.1, "model/pspnet.py: nn.Dropout2d(p=dropout), dropout=0.1 (cls and aux)"),
                 "model.dropout_kind": ("channel", "model/pspnet.py: nn.Dropout2d (whole channels)"),
                 "model.aux_head": ("psp", "model/pspnet.py: aux = conv3x3 256 + BN + ReLU + Dropout2d + conv1x1"),
+                "model.bn_momentum": (0.1, "model/pspnet.py: nn.BatchNorm2d / SyncBatchNorm default momentum 0.1"),
             }
         ),
     }
