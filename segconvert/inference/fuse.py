@@ -33,7 +33,16 @@ from segconvert.reference_models.keras_ops import Conv as KerasConv
 from segconvert.reference_models.keras_ops import ConvTranspose as KerasConvTranspose
 from segconvert.reference_models.ops import FrozenBatchNorm2d
 
-__all__ = ["Folded", "FuseCheck", "FuseReport", "channel_affine", "check_fused", "example_inputs", "fuse_model"]
+__all__ = [
+    "Absorbed",
+    "Folded",
+    "FuseCheck",
+    "FuseReport",
+    "channel_affine",
+    "check_fused",
+    "example_inputs",
+    "fuse_model",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +55,10 @@ _CONVS = (nn.Conv2d, nn.ConvTranspose2d, KerasConv, KerasConvTranspose)  # Keras
 _FOLD_BLOCK = 1 << 16  # float64 elements per block when folding a scale into a weight
 
 
-class Folded(nn.Identity):
-    """A per-channel affine layer whose effect now lives in the weights of ``into``."""
+class Absorbed(nn.Identity):
+    """A layer whose effect now lives in the module ``into`` (named, so the model still reads as its source)."""
+
+    verb = "absorbed"
 
     def __init__(self, into: str, kind: str) -> None:
         super().__init__()
@@ -57,7 +68,13 @@ class Folded(nn.Identity):
         return x
 
     def extra_repr(self) -> str:
-        return f"{self.kind} folded into {self.into}"
+        return f"{self.kind} {self.verb} into {self.into}"
+
+
+class Folded(Absorbed):
+    """A per-channel affine layer whose effect now lives in the weights of ``into``."""
+
+    verb = "folded"
 
 
 @dataclass

@@ -28,13 +28,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segconvert.inference.fuse import _Call, _names, _run_trace, _sole_reader, _Trace, example_inputs
+from segconvert.inference.fuse import Absorbed, _Call, _names, _run_trace, _sole_reader, _Trace, example_inputs
 from segconvert.inference.onednn_keras import fuse_keras_activations
 from segconvert.reference_models.keras_ops import Conv as KerasConv
 from segconvert.reference_models.keras_ops import KerasReLU, SeparableConv, _pad_input, _same_as_zero_taps
@@ -83,18 +82,10 @@ def unary_attr(module: nn.Module) -> tuple[Unary, str] | None:
     return None
 
 
-class FusedActivation(nn.Identity):
+class FusedActivation(Absorbed):
     """An activation now applied inside the oneDNN convolution ``into``."""
 
-    def __init__(self, into: str, kind: str) -> None:
-        super().__init__()
-        self.into, self.kind = into, kind
-
-    def forward(self, x: torch.Tensor, *_: Any) -> torch.Tensor:  # noqa: D102
-        return x
-
-    def extra_repr(self) -> str:
-        return f"{self.kind} fused into {self.into}"
+    verb = "fused"
 
 
 class OneDNNConv2d(nn.Conv2d):
