@@ -232,3 +232,15 @@ def test_compiled_training_equals_eager_with_checkpointing(voc) -> None:
 def test_unknown_compile_backend_is_refused(voc) -> None:
     with pytest.raises(SegconvertError, match="run.compile_backend='nope': not a torch.compile backend"):
         _run("pspnet-semseg-voc", voc, "run.compile=true", "run.compile_backend=nope")
+
+
+def test_bad_grad_checkpointing_flag_is_one_line_and_writes_nothing(voc, tmp_path: Path) -> None:
+    from tests.cli_runner import run_cli
+
+    root, init = voc
+    out = tmp_path / "run"
+    code, stdout, err = run_cli("train", "--recipe", "pspnet-semseg-voc", "--dataset", "voc", "--root", root, "--init",
+                                init, "--quiet", "--grad-checkpointing", "layer9", "-o", out)  # fmt: skip
+    assert code != 0 and not out.exists(), (code, stdout, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "run.grad_checkpointing='layer9': expected none, all, light" in lines[0], err
