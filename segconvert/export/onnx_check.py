@@ -18,6 +18,10 @@ from segconvert.errors import SegconvertError
 __all__ = ["ExportError", "OnnxCheck", "check_onnx", "input_mismatch", "DEFAULT_TOLERANCE"]
 
 DEFAULT_TOLERANCE = 1e-4  # max |onnx - torch| / max |torch|
+# onnxruntime's default session folds BN into convolution weights and reorders to blocked layouts, all
+# re-rounded in float32: when the graph as written is exact, its optimized result may be this many
+# tolerances away (the random-weight Fast-SCNN-width PSPNet: 1.7e-4 optimized, 9.4e-5 as written)
+OPTIMIZED_SLACK = 10
 
 
 class ExportError(SegconvertError):
@@ -38,6 +42,8 @@ class OnnxCheck:
     cosine: float = 1.0
     float32_floor: float | None = None  # max |torch fp32 - torch fp64| / absmax, measured when rel > tolerance
     rel_to_float64: float | None = None  # max |onnx - torch fp64| / absmax
+    unoptimized_rel: float | None = None  # the graph as written (optimizations off) vs PyTorch, when measured
+    unoptimized_to_float64: float | None = None
     note: str = ""
 
     def format(self) -> str:
@@ -49,6 +55,11 @@ class OnnxCheck:
             line += (
                 f"\n  float32 rounding floor of this network on this input: PyTorch fp32 vs fp64 "
                 f"{self.float32_floor:.3e}, onnxruntime vs PyTorch fp64 {self.rel_to_float64:.3e}"
+            )
+        if self.unoptimized_rel is not None:
+            line += (
+                f"\n  the graph as written (onnxruntime optimizations off): relative {self.unoptimized_rel:.3e} "
+                f"vs PyTorch, {self.unoptimized_to_float64:.3e} vs PyTorch fp64"
             )
         return line + (f"\n  {self.note}" if self.note else "")
 
@@ -62,9 +73,12 @@ def _require_onnx() -> tuple[Any, Any]:
     return onnx, onnxruntime
 
 
-def _session(source: Any, ort: Any) -> Any:
+def _session(source: Any, ort: Any, optimize: bool = True) -> Any:
+    """A CPU session: onnxruntime's default (all graph optimizations) or the graph exactly as written."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
@@ -107,7 +121,10 @@ def check_onnx(
     Passes when max |onnx - torch| <= ``tolerance`` x max |torch|. Deep float32 networks can amplify rounding
     beyond that (the width-reduced DeepLab-v2 fixture: PyTorch fp32 itself is 3e-4 from fp64); so when the
     float32 comparison is over tolerance the model is also run in float64 and the check passes if
-    onnxruntime is no further from the float64 result than twice PyTorch's own float32 error. The figures
+    onnxruntime is no further from the float64 result than twice PyTorch's own float32 error. Failing
+    that, the graph is run as written (onnxruntime's optimizations off): the check passes when that passes
+    either rule and the default optimized session is within ``OPTIMIZED_SLACK`` tolerances of PyTorch
+    (its BN folding and layout changes re-round in float32; an export fault is orders larger). The figures
     are reported either way.
     """
     _, ort = _require_onnx()
@@ -115,18 +132,22 @@ def check_onnx(
     return _check(str(path), model, inputs, tolerance, ort, path)
 
 
-def _check(source: Any, model: nn.Module, inputs: Sequence[Any], tolerance: float, ort: Any, path: Any) -> OnnxCheck:
-    xs = [torch.as_tensor(np.ascontiguousarray(i), dtype=torch.float32) for i in inputs]
+def _run(source: Any, ort: Any, xs: Sequence[Tensor], path: Any, optimize: bool = True) -> list[np.ndarray]:
     try:
-        sess = _session(source, ort)
+        sess = _session(source, ort, optimize)
         names = [i.name for i in sess.get_inputs()]
         if len(names) != len(xs):
             raise ExportError(f"the ONNX graph has {len(names)} input(s) {names}, {len(xs)} given", file=path)
-        ys = sess.run(None, {n: x.numpy() for n, x in zip(names, xs, strict=True)})
+        return sess.run(None, {n: x.numpy() for n, x in zip(names, xs, strict=True)})
     except SegconvertError:
         raise
     except Exception as exc:
         raise ExportError(f"onnxruntime cannot run the file: {type(exc).__name__}: {_short(exc)}", file=path) from None
+
+
+def _check(source: Any, model: nn.Module, inputs: Sequence[Any], tolerance: float, ort: Any, path: Any) -> OnnxCheck:
+    xs = [torch.as_tensor(np.ascontiguousarray(i), dtype=torch.float32) for i in inputs]
+    ys = _run(source, ort, xs, path)
     was_training = model.training
     model.eval()
     try:
@@ -142,14 +163,25 @@ def _check(source: Any, model: nn.Module, inputs: Sequence[Any], tolerance: floa
         max_abs, absmax, cosine = stats
         rel = max_abs / absmax if absmax > 0 else (0.0 if max_abs == 0 else math.inf)
         check = OnnxCheck(version, list(refs[0].shape), max_abs, absmax, rel, tolerance, bool(rel <= tolerance), cosine)
-        if not check.ok and math.isfinite(rel):
-            refs64 = _float64_forward(model, xs)
-            floor = _compare(refs, refs64)[0] / absmax
-            to64 = _compare(ys, refs64)[0] / absmax
-            check.float32_floor, check.rel_to_float64 = floor, to64
-            if to64 <= 2 * floor:
-                check.ok = True
-                check.note = "within twice PyTorch's own float32 error of the float64 result: float32 rounding only"
+        if check.ok or not math.isfinite(rel):
+            return check
+        refs64 = _float64_forward(model, xs)
+        floor = _compare(refs, refs64)[0] / absmax
+        check.float32_floor, check.rel_to_float64 = floor, _compare(ys, refs64)[0] / absmax
+        if check.rel_to_float64 <= 2 * floor:
+            check.ok = True
+            check.note = "within twice PyTorch's own float32 error of the float64 result: float32 rounding only"
+            return check
+        plain = _run(source, ort, xs, path, optimize=False)
+        check.unoptimized_rel = _compare(plain, refs)[0] / absmax
+        check.unoptimized_to_float64 = _compare(plain, refs64)[0] / absmax
+        exact = check.unoptimized_rel <= tolerance or check.unoptimized_to_float64 <= 2 * floor
+        if exact and rel <= OPTIMIZED_SLACK * tolerance:
+            check.ok = True
+            check.note = (
+                "the graph as written is exact to float32; onnxruntime's graph optimizations (BN folded into "
+                f"convolutions, blocked layouts) re-round in float32, within {OPTIMIZED_SLACK}x the tolerance"
+            )
         return check
     finally:
         model.train(was_training)
