@@ -89,10 +89,16 @@ def test_no_fuse_eval_is_the_plain_module_exactly_and_fused_eval_agrees_off_ties
 
     fused = _eval(weights, root, tmp_path / "fused")
     assert fused["fused_layers"] > 100  # every BatchNorm + Scale of the ResNet-101 folded
-    fconf = np.array(fused["confusion_matrix"])
+    assert fused["runtime"]["channels_last"] is False  # the CPU default
+    _agrees_off_ties(fused, tmp_path / "fused", names, preds, gaps, conf, got)
+
+
+def _agrees_off_ties(result, out, names, preds, gaps, conf, got) -> None:
+    """Labels equal the unfused ones except at argmax near-ties; the confusion matrix moves only by those."""
+    fconf = np.array(result["confusion_matrix"])
     n_close = 0
     for name, pred, gap in zip(names, preds, gaps, strict=True):
-        flab = np.asarray(Image.open(tmp_path / "fused" / "labels" / f"{name}.png"))
+        flab = np.asarray(Image.open(out / "labels" / f"{name}.png"))
         differ = flab != pred
         close = gap <= MARGIN
         n_close += int(close.sum())
@@ -103,3 +109,12 @@ def test_no_fuse_eval_is_the_plain_module_exactly_and_fused_eval_agrees_off_ties
     else:  # only near-tie pixels may move between cells
         assert np.abs(fconf - got).sum() <= 2 * n_close
     assert fconf.sum() == got.sum()
+
+
+def test_channels_last_eval_agrees_with_the_plain_module_off_ties(setup, tmp_path):
+    weights, root, voc, names = setup
+    conf, preds, gaps = _by_hand(weights, voc, names)
+    got = np.array(_eval(weights, root, tmp_path / "plain", "--no-fuse")["confusion_matrix"])
+    nhwc = _eval(weights, root, tmp_path / "cl", "--channels-last")
+    assert nhwc["runtime"]["channels_last"] is True and nhwc["fused_layers"] > 100
+    _agrees_off_ties(nhwc, tmp_path / "cl", names, preds, gaps, conf, got)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.caffe_bytes import blob, layer
@@ -110,6 +111,27 @@ def test_a_budget_that_batches_several_crops_writes_the_one_crop_files(setup, mo
     assert both == one
 
 
+def test_channels_last_runs_nhwc_crops_and_writes_the_same_labels(setup, monkeypatch):
+    import segconvert.eval.protocols as protocols
+
+    layouts: list[bool] = []
+    forward = protocols.forward_batch
+
+    def seen(model, x, rt):  # the model's weights and the crops as the forward gets them
+        w = next(model.parameters())
+        layouts.append(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous())
+        layouts.append(rt.memory_format == torch.channels_last)
+        return forward(model, x, rt)
+
+    monkeypatch.setattr(protocols, "forward_batch", seen)
+    plain = _predict(setup, "cl0", "--workers", "0")
+    assert layouts and not any(layouts)  # the CPU default: NCHW
+    layouts.clear()
+    nhwc = _predict(setup, "cl1", "--workers", "0", "--channels-last")
+    assert layouts and all(layouts)
+    assert nhwc == plain  # argmax of the same sums up to reduction order: the same PNGs
+
+
 @pytest.mark.parametrize(
     "opts, words",
     [
@@ -146,6 +168,7 @@ def test_predict_takes_the_eval_options_with_their_help():
     from segconvert.commands.predict import predict
 
     def opts(cmd):
-        return {p.name: (p.opts, p.help) for p in cmd.params if p.name in ("workers", "batch_memory")}
+        names = ("workers", "batch_memory", "channels_last")
+        return {p.name: (p.opts, p.secondary_opts, p.help) for p in cmd.params if p.name in names}
 
-    assert opts(predict) == opts(eval_cmd) and len(opts(predict)) == 2
+    assert opts(predict) == opts(eval_cmd) and len(opts(predict)) == 3

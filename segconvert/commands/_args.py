@@ -140,11 +140,21 @@ class _Bounded(click.ParamType):
         return number
 
 
+CHANNELS_LAST_OPTION = click.option(
+    "--channels-last/--no-channels-last",
+    default=None,
+    help="NHWC memory for weights and crops (default: on CUDA only; on the CPU the faster setting for "
+    "depthwise / Keras nets).",
+)
+
+
 def throughput_options(f: Any) -> Any:
-    """``--workers N`` and ``--batch-memory MiB`` as ``segconvert eval`` reads them (keyword arguments
-    ``workers``, ``batch_memory``); out-of-range values are one-line errors raised while the options parse."""
+    """``--workers N``, ``--batch-memory MiB`` and ``--channels-last/--no-channels-last`` as ``segconvert eval``
+    reads them (keyword arguments ``workers``, ``batch_memory``, ``channels_last``); out-of-range values are
+    one-line errors raised while the options parse."""
     for opt in reversed(
         [
+            CHANNELS_LAST_OPTION,
             click.option(
                 "--batch-memory",
                 type=_Bounded(float, 1, "a budget of at least 1 MiB"),

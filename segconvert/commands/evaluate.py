@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from segconvert.commands._args import (
+    CHANNELS_LAST_OPTION,
     DATASET_CHOICE,
     ExistingPath,
     ProtocolChoice,
@@ -64,6 +65,7 @@ def _run_options(f: Any) -> Any:
             help="Processes decoding images (default: half the CPUs, at most 4; 0: in the main process).",
         ),
         click.option("--amp/--no-amp", default=None, help="Autocast: float16 on CUDA (default on), bfloat16 on CPU."),
+        CHANNELS_LAST_OPTION,
         click.option("--json", "as_json", is_flag=True, help="Print the results as JSON."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
         click.option("--no-fuse", is_flag=True, help="Run the plain converted module (no BatchNorm folding)."),

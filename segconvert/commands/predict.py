@@ -68,6 +68,7 @@ def predict(
     batch_size: int | None,
     batch_memory: float | None,
     workers: int | None,
+    channels_last: bool | None,
     amp: bool | None,
     no_fuse: bool,
     no_onednn: bool,
@@ -127,6 +128,7 @@ def predict(
         batch_size=batch_size,
         batch_memory=batch_memory,
         workers=default_workers() if workers is None else workers,
+        channels_last=channels_last,
     )
     try:
         while True:

@@ -55,6 +55,7 @@ def run_cli_evaluation(
         batch_memory=run.get("batch_memory"),
         workers=default_workers() if workers is None else int(workers),
         amp=run.get("amp"),
+        channels_last=run.get("channels_last"),
         limit=run.get("limit"),
         save_pred=run.get("save_pred"),
         preprocessing=preprocessing,

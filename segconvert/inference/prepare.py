@@ -68,7 +68,8 @@ def prepare_model(
     ``inputs`` (default: the metadata's synthetic input) and raise :class:`WeightsFileError` naming ``source``
     when a folded layer is off by more than 1e-5 x its magnitude. ``channels_last``: the weights' memory
     format; ``compile``: ``torch.compile`` (the returned module is the compiled wrapper, metadata kept).
-    ``onednn``: after folding, run the convolutions (+ the activation reading each alone) as oneDNN fused
+    Softmax modules become layout-aware (:mod:`segconvert.inference.layout`). ``onednn``: after folding,
+    run the convolutions (+ the activation reading each alone) as oneDNN fused
     primitives (:mod:`segconvert.inference.onednn`); None: when it is exact and possible -- fused, not
     compiled, model on the CPU in float32, oneDNN present. Callers that will autocast pass False (the
     modules would fall back to eager at every call anyway). The fuse report is kept as
@@ -76,6 +77,7 @@ def prepare_model(
     when the pass did not run).
     """
     from segconvert.inference.fuse import check_fused, fuse_model
+    from segconvert.inference.layout import layout_aware
 
     meta = getattr(model, "segconvert_meta", None)
     model.eval()
@@ -90,6 +92,7 @@ def prepare_model(
                 raise WeightsFileError(f"fused model differs from the unfused one: {result.describe()}", file=source)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    layout_aware(model)
     model.segconvert_fuse = report
     model.segconvert_onednn = None
     if onednn is None:

@@ -61,10 +61,11 @@ def activation(x: torch.Tensor, name: str, dim: int = 1, hard_slope: float = 0.2
         return torch.clamp(x * hard_slope + 0.5, 0.0, 1.0)
     if name == "tanh":
         return torch.tanh(x)
-    if name == "softmax":
-        return F.softmax(x, dim=dim)
-    if name == "log_softmax":
-        return F.log_softmax(x, dim=dim)
+    if name in ("softmax", "log_softmax"):
+        f = F.softmax if name == "softmax" else F.log_softmax
+        if x.dim() > 2 and x.stride(dim) == 1 and not x.is_contiguous():  # channels_last: innermost axis
+            return f(x.movedim(dim, -1), dim=-1).movedim(-1, dim)
+        return f(x, dim=dim)
     if name == "softplus":
         return F.softplus(x)
     if name == "softsign":
