@@ -112,6 +112,7 @@ TIME_TORCH = (
     from segconvert import load_model
     path, (h, w, batch, warmup, repeat, threads, fuse, cl, dnn) = sys.argv[1], map(int, sys.argv[2:11])
     device = sys.argv[11]
+    torch.set_flush_denormal(True)  # as segconvert benchmark and TF's CPU runtime; before the thread pool starts
     if threads:
         torch.set_num_threads(threads)
     m = load_model(path, device=device, fuse=bool(fuse), onednn=None if dnn else False)

@@ -24,6 +24,13 @@ import click
     help="glibc keeps freed activations for the next forward, as a serving process's steady state does (no "
     "page faults; higher peak RSS), or returns them to the system at once (eval's policy: lowest RSS).",
 )
+@click.option(
+    "--flush-denormal/--keep-denormal",
+    default=True,
+    show_default=True,
+    help="CPU: subnormal floats flushed to zero in every torch thread (FTZ/DAZ, as TensorFlow's CPU runtime "
+    "does); values change only below 1.2e-38, where random-weight softmaxes otherwise take the slow path.",
+)
 @click.option("--warmup", type=int, default=2, show_default=True)
 @click.option("--runs", type=int, default=10, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's).")
@@ -39,6 +46,7 @@ def benchmark(
     no_fuse: bool,
     no_onednn: bool,
     keep_freed_memory: bool,
+    flush_denormal: bool,
     warmup: int,
     runs: int,
     threads: int | None,
@@ -47,62 +55,73 @@ def benchmark(
     """Time the forward of converted WEIGHTS on synthetic inputs of the net's input shapes."""
     import torch
 
-    from segconvert.eval.runner import resolve_device
-    from segconvert.inference.benchmark import benchmark_model
-    from segconvert.inference.prepare import amp_dtype, prepare_model
-    from segconvert.weights.inputs import input_specs, synthetic_inputs
-    from segconvert.weights.store import load_model, read_metadata
+    from segconvert.inference.floats import denormals_flushed
 
-    if batch < 1 or runs < 1 or warmup < 0:
-        raise click.UsageError("--batch and --runs must be >= 1, --warmup >= 0")
-    try:
-        dev = resolve_device(device)
-        dtype = amp_dtype(amp, dev)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    if threads:
-        torch.set_num_threads(threads)
-    from segconvert.inference.memory import fix_mmap_threshold
-    from segconvert.inference.memory import keep_freed_memory as keep
+    # first thing: torch's OpenMP workers, started by the first parallel op, inherit this thread's float mode
+    with denormals_flushed(flush_denormal) as flushed:
+        from segconvert.eval.runner import resolve_device
+        from segconvert.inference.benchmark import benchmark_model
+        from segconvert.inference.prepare import amp_dtype, prepare_model
+        from segconvert.weights.inputs import input_specs, synthetic_inputs
+        from segconvert.weights.store import load_model, read_metadata
 
-    if keep_freed_memory:  # latency: a serving process's steady state (the default)
-        keep()
-    else:  # eval's policy: freed activations go back at once (lowest peak RSS)
-        fix_mmap_threshold(1.0)
-    meta = read_metadata(weights)
-    inputs = synthetic_inputs(input_specs(meta), size=input_size, batch=batch)
-    model = load_model(weights, device=str(dev))
-    model = prepare_model(
-        model,
-        fuse=not no_fuse,
-        channels_last=channels_last,
-        compile=compile_,
-        onednn=False if no_onednn or dtype is not None else None,
-        inputs=[x[:1] for x in inputs],
-        source=weights,
-    )
-    onednn = getattr(model, "segconvert_onednn", None)
-    settings = {
-        "fused": not no_fuse,
-        "onednn": bool(onednn and onednn.convs),
-        "amp": amp,
-        "channels_last": channels_last,
-        "compile": compile_,
-        "keep_freed_memory": keep_freed_memory,
-        "threads": torch.get_num_threads(),
-    }
-    res = benchmark_model(
-        model, inputs, warmup=warmup, runs=runs, amp_dtype=dtype, channels_last=channels_last, settings=settings
-    )
-    if as_json:
-        click.echo(json.dumps({"weights": str(weights), **res.to_json()}, indent=1))
-        return
-    shapes = ", ".join("x".join(map(str, s)) for s in res.input_shapes)
-    on = [k for k in ("fused", "onednn", "channels_last", "compile") if settings[k]] + ([amp] if amp else [])
-    click.echo(f"{weights}  input {shapes}  {res.device}  {', '.join(on) or 'eager'}  threads {settings['threads']}")
-    click.echo(f"{'median ms':>10} {'p90 ms':>9} {'images/s':>9} {'peak MiB':>9}  ({res.runs} runs after {res.warmup})")
-    click.echo(f"{res.median_ms:>10.2f} {res.p90_ms:>9.2f} {res.images_per_second:>9.2f} {res.peak_memory_mib:>9.0f}")
-    click.echo(f"peak memory: {res.memory_kind}")
+        if batch < 1 or runs < 1 or warmup < 0:
+            raise click.UsageError("--batch and --runs must be >= 1, --warmup >= 0")
+        try:
+            dev = resolve_device(device)
+            dtype = amp_dtype(amp, dev)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
+        if threads:
+            torch.set_num_threads(threads)
+        from segconvert.inference.memory import fix_mmap_threshold
+        from segconvert.inference.memory import keep_freed_memory as keep
+
+        if keep_freed_memory:  # latency: a serving process's steady state (the default)
+            keep()
+        else:  # eval's policy: freed activations go back at once (lowest peak RSS)
+            fix_mmap_threshold(1.0)
+        meta = read_metadata(weights)
+        inputs = synthetic_inputs(input_specs(meta), size=input_size, batch=batch)
+        model = load_model(weights, device=str(dev))
+        model = prepare_model(
+            model,
+            fuse=not no_fuse,
+            channels_last=channels_last,
+            compile=compile_,
+            onednn=False if no_onednn or dtype is not None else None,
+            inputs=[x[:1] for x in inputs],
+            source=weights,
+        )
+        onednn = getattr(model, "segconvert_onednn", None)
+        settings = {
+            "fused": not no_fuse,
+            "onednn": bool(onednn and onednn.convs),
+            "amp": amp,
+            "channels_last": channels_last,
+            "compile": compile_,
+            "keep_freed_memory": keep_freed_memory,
+            "flush_denormal": flushed,
+            "threads": torch.get_num_threads(),
+        }
+        res = benchmark_model(
+            model, inputs, warmup=warmup, runs=runs, amp_dtype=dtype, channels_last=channels_last, settings=settings
+        )
+        if as_json:
+            click.echo(json.dumps({"weights": str(weights), **res.to_json()}, indent=1))
+            return
+        shapes = ", ".join("x".join(map(str, s)) for s in res.input_shapes)
+        on = [k for k in ("fused", "onednn", "channels_last", "compile") if settings[k]] + ([amp] if amp else [])
+        click.echo(
+            f"{weights}  input {shapes}  {res.device}  {', '.join(on) or 'eager'}  threads {settings['threads']}"
+        )
+        click.echo(
+            f"{'median ms':>10} {'p90 ms':>9} {'images/s':>9} {'peak MiB':>9}  ({res.runs} runs after {res.warmup})"
+        )
+        click.echo(
+            f"{res.median_ms:>10.2f} {res.p90_ms:>9.2f} {res.images_per_second:>9.2f} {res.peak_memory_mib:>9.0f}"
+        )
+        click.echo(f"peak memory: {res.memory_kind}")
 
 
 __all__ = ["benchmark"]
