@@ -54,3 +54,15 @@ def test_prepare_model_swaps_softmax_modules_in_place_only():
         got = fast(x.contiguous(memory_format=torch.channels_last))
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert (got - want).abs().max() < 1e-6
+
+
+def test_keras_in_layer_softmax_on_channels_last_matches_the_definition():
+    from segconvert.reference_models.keras_ops import activation
+
+    torch.manual_seed(3)
+    x = (torch.randn(1, 7, 11, 5) * 4).contiguous(memory_format=torch.channels_last)
+    for name, ref in (("softmax", _softmax64(x, 1)), ("log_softmax", _softmax64(x, 1).log())):
+        y = activation(x, name, dim=1)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert (y.double() - ref).abs().max() < 1e-5
+        assert torch.equal(activation(x.contiguous(), name, dim=1), getattr(torch, name)(x.contiguous(), 1))
