@@ -48,7 +48,7 @@ def _check_net(case: str, path: str) -> None:
     if path == "generic":
         owners_aff = n_affine - sum(lay["type"] in ("BatchNorm", "Scale") for lay in declared if lay["name"] in copies)
         assert sum(len(v) for v in report.folded.values()) == owners_aff
-    assert report.trace_device == "meta"
+    assert report.trace_device == "empty"  # traced on a batch of 0: no arithmetic, nothing imported
     assert not any(isinstance(m, Folded) for m in model.modules())  # the original is untouched (a copy is fused)
     check = check_fused(model, fused, report, [x])
     assert check.worst_layer_rel <= 1e-5, check.describe()  # each fold exact in float32, on its real input
@@ -68,6 +68,33 @@ def _check_net(case: str, path: str) -> None:
 @pytest.mark.parametrize("case", NETS)
 def test_fused_matches_unfused_and_caffe_on_fixture_nets(case, path):
     _check_net(case, path)
+
+
+@pytest.mark.parametrize("path", ["named", "generic"])
+@pytest.mark.parametrize("case", NETS)
+def test_the_empty_batch_trace_plans_what_the_meta_trace_plans(case, path, monkeypatch):
+    """The trace on a batch of 0 (real kernels, zero elements) gives the same folds, in-place activations and
+    oneDNN conversions as the meta-device trace it replaced."""
+    import segconvert.inference.fuse as fuse_mod
+    from segconvert.inference.onednn import onednn_model
+
+    net, _, x, _ = _case(case)
+
+    def plan(force_meta: bool):
+        if force_meta:
+            monkeypatch.setattr(fuse_mod, "_empty_batch", lambda inputs: None)
+        model = convert_caffe_net(net).build_model() if path == "named" else convert_caffe_generic(net).build_model()
+        fused, report = fuse_model(model.eval(), [x], inplace=True)
+        dnn = onednn_model(fused, [x])
+        monkeypatch.undo()
+        return report, dnn
+
+    (empty, dnn_empty), (meta, dnn_meta) = plan(False), plan(True)
+    assert (empty.trace_device, meta.trace_device) == ("empty", "meta")
+    assert empty.folded == meta.folded and len(empty.folded) > 10
+    assert empty.inplace == meta.inplace
+    assert (dnn_empty.convs, dnn_empty.fused, dnn_empty.skipped) == (dnn_meta.convs, dnn_meta.fused, dnn_meta.skipped)
+    assert len(dnn_empty.convs) > 10
 
 
 @pytest.mark.slow

@@ -83,7 +83,7 @@ class FuseReport:
 
     folded: dict[str, list[str]] = field(default_factory=dict)
     inplace: list[str] = field(default_factory=list)
-    trace_device: str = "meta"
+    trace_device: str = "empty"
     check: FuseCheck | None = None  # set by check_fused
 
     def describe(self) -> str:
@@ -239,15 +239,32 @@ def example_inputs(model: nn.Module, size: Sequence[int] | None = None) -> list[
     return synthetic_inputs(input_specs(meta), size=size)
 
 
+def _empty_batch(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
+    """The inputs with a batch of 0 (every shape otherwise kept), or None when some input has no batch axis."""
+    if not inputs or any(x.dim() < 2 or x.shape[0] < 1 for x in inputs):
+        return None
+    return [x[:0] for x in inputs]
+
+
 def _run_trace(model: nn.Module, inputs: Sequence[torch.Tensor]) -> tuple[_Trace, set[int], str]:
-    """Run ``model`` under the recorder; on the meta device first (no arithmetic), else for real on CPU."""
+    """Run ``model`` under the recorder: on an empty batch first (the real kernels on zero elements: no
+    arithmetic, no memory), then on the meta device (no arithmetic, but its Python shape functions import
+    sympy and the decompositions: ~70 MB resident for the process's life), else for real on the inputs."""
     errors = []
-    for device in ("meta", "real"):
+    empty = _empty_batch(inputs)
+    for device in ("empty", "meta", "real") if empty is not None else ("meta", "real"):
         trace = _Trace()
         handles = trace.hook(model)
         try:
             with torch.no_grad(), trace:
-                if device == "meta":
+                if device == "empty":
+                    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+                    xs = [x.to(dev) for x in empty]  # type: ignore[union-attr]
+                    trace.keep.extend(xs)
+                    out = model(*xs)
+                    if any(t.dim() and t.shape[0] != 0 for t in _tensors(out)):
+                        raise RuntimeError("an output is not batch-first")
+                elif device == "meta":
                     state = {
                         k: v.to("meta")
                         for k, v in {**dict(model.named_parameters()), **dict(model.named_buffers())}.items()
