@@ -1,7 +1,7 @@
 """The inference form of a converted model: per-channel affine layers folded into the preceding convolution.
 
-``fuse_model`` finds, by running the model once on example inputs (on the ``meta`` device when the model
-allows it, so no arithmetic is done), every convolution whose output is read by nothing but a chain of
+``fuse_model`` finds, by running the model once on example inputs (on a batch of 0 when the model allows
+it, else on the ``meta`` device: no arithmetic either way), every convolution whose output is read by nothing but a chain of
 per-channel affine layers -- PSPNet ``BN`` / :class:`FrozenBatchNorm2d`, ``nn.BatchNorm2d`` in eval mode,
 Caffe ``BatchNorm`` (global statistics), ``Scale`` and ``Bias`` with learned per-channel parameters -- and
 folds the chain into the convolution's weight and bias (computed in float64, stored in the weight's dtype).
