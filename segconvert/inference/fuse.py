@@ -1,12 +1,12 @@
 """The inference form of a converted model: per-channel affine layers folded into the preceding convolution.
 
-``fuse_model`` finds, by running the model once on example inputs (on a batch of 0 when the model allows
-it, else on the ``meta`` device: no arithmetic either way), every convolution whose output is read by nothing but a chain of
-per-channel affine layers -- PSPNet ``BN`` / :class:`FrozenBatchNorm2d`, ``nn.BatchNorm2d`` in eval mode,
-Caffe ``BatchNorm`` (global statistics), ``Scale`` and ``Bias`` with learned per-channel parameters -- and
-folds the chain into the convolution's weight and bias (computed in float64, stored in the weight's dtype).
-The folded layers become :class:`Folded` (an identity that names its convolution). Activations whose input
-is a fresh convolution / affine output read by nothing else are switched to ``inplace=True``.
+``fuse_model`` finds, by running the model once on example inputs (on a batch of 0 when the model allows it,
+else on the ``meta`` device: no arithmetic either way), every convolution whose output is read by nothing but
+a chain of per-channel affine layers -- PSPNet ``BN`` / :class:`FrozenBatchNorm2d`, ``nn.BatchNorm2d`` in eval
+mode, Caffe ``BatchNorm`` (global statistics), ``Scale`` and ``Bias`` with learned per-channel parameters --
+and folds the chain into the convolution's weight and bias (computed in float64, stored in the weight's
+dtype). The folded layers become :class:`Folded` (an identity that names its convolution). Activations whose
+input is a fresh convolution / affine output read by nothing else are switched to ``inplace=True``.
 
 The analysis is by data flow, not by module names, so it applies to the named reference models and to the
 generic (one module per source layer) nets alike; a module used several times (DeepLab-v2 MSC's shared

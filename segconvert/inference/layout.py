@@ -11,32 +11,25 @@ model's structure, state_dict and ``isinstance`` checks are unchanged.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from segconvert.reference_models.keras_ops import layout_softmax
+
 __all__ = ["LayoutLogSoftmax", "LayoutSoftmax", "layout_aware"]
-
-
-def _innermost(x: torch.Tensor, dim: int) -> bool:
-    return x.dim() > 2 and x.stride(dim) == 1 and x.shape[dim] > 1 and not x.is_contiguous()
 
 
 class LayoutSoftmax(nn.Softmax):
     """``nn.Softmax`` computed along ``dim`` as it lies in memory (channels_last: no copy to NCHW)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dim is not None and _innermost(x, self.dim):
-            return F.softmax(x.movedim(self.dim, -1), dim=-1).movedim(-1, self.dim)
-        return super().forward(x)
+        return super().forward(x) if self.dim is None else layout_softmax(x, self.dim)
 
 
 class LayoutLogSoftmax(nn.LogSoftmax):
     """``nn.LogSoftmax`` computed along ``dim`` as it lies in memory."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dim is not None and _innermost(x, self.dim):
-            return F.log_softmax(x.movedim(self.dim, -1), dim=-1).movedim(-1, self.dim)
-        return super().forward(x)
+        return super().forward(x) if self.dim is None else layout_softmax(x, self.dim, log=True)
 
 
 _SWAP: dict[type, type] = {nn.Softmax: LayoutSoftmax, nn.LogSoftmax: LayoutLogSoftmax}

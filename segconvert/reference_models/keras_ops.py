@@ -19,6 +19,7 @@ from .keras_ops_shape import Affine, Concat, Dot, Flatten, Merge, Permute, Repea
 __all__ = [
     "tf_same_pads",
     "activation",
+    "layout_softmax",
     "Conv",
     "ConvTranspose",
     "SeparableConv",
@@ -47,6 +48,15 @@ __all__ = [
 ]
 
 
+def layout_softmax(x: torch.Tensor, dim: int, log: bool = False) -> torch.Tensor:
+    """(Log-)softmax along ``dim``; when ``dim`` is innermost in memory but ``x`` is not contiguous (channels_last
+    scores), along a permuted view in that layout -- PyTorch's strided softmax would first copy to NCHW."""
+    f = F.log_softmax if log else F.softmax
+    if x.dim() > 2 and x.stride(dim) == 1 and x.shape[dim] > 1 and not x.is_contiguous():
+        return f(x.movedim(dim, -1), dim=-1).movedim(-1, dim)
+    return f(x, dim=dim)
+
+
 def activation(x: torch.Tensor, name: str, dim: int = 1, hard_slope: float = 0.2) -> torch.Tensor:
     """A Keras activation by name (``dim``: softmax axis; ``hard_slope``: hard_sigmoid 0.2 (Keras 1/2) or 1/6)."""
     if name == "linear":
@@ -62,10 +72,7 @@ def activation(x: torch.Tensor, name: str, dim: int = 1, hard_slope: float = 0.2
     if name == "tanh":
         return torch.tanh(x)
     if name in ("softmax", "log_softmax"):
-        f = F.softmax if name == "softmax" else F.log_softmax
-        if x.dim() > 2 and x.stride(dim) == 1 and not x.is_contiguous():  # channels_last: innermost axis
-            return f(x.movedim(dim, -1), dim=-1).movedim(-1, dim)
-        return f(x, dim=dim)
+        return layout_softmax(x, dim, log=name == "log_softmax")
     if name == "softplus":
         return F.softplus(x)
     if name == "softsign":
