@@ -75,14 +75,14 @@ def test_fused_matches_unfused_and_caffe_on_fixture_nets(case, path):
 def test_the_empty_batch_trace_plans_what_the_meta_trace_plans(case, path, monkeypatch):
     """The trace on a batch of 0 (real kernels, zero elements) gives the same folds, in-place activations and
     oneDNN conversions as the meta-device trace it replaced."""
-    import segconvert.inference.fuse as fuse_mod
+    import segconvert.inference.trace as trace_mod
     from segconvert.inference.onednn import onednn_model
 
     net, _, x, _ = _case(case)
 
     def plan(force_meta: bool):
         if force_meta:
-            monkeypatch.setattr(fuse_mod, "_empty_batch", lambda inputs: None)
+            monkeypatch.setattr(trace_mod, "_empty_batch", lambda inputs: None)
         model = convert_caffe_net(net).build_model() if path == "named" else convert_caffe_generic(net).build_model()
         fused, report = fuse_model(model.eval(), [x], inplace=True)
         dnn = onednn_model(fused, [x])

@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segconvert.inference.fuse import Absorbed, _Call, _names, _run_trace, _sole_reader, _Trace, example_inputs
+from segconvert.inference.fuse import Absorbed
 from segconvert.inference.onednn_keras import fuse_keras_activations
+from segconvert.inference.trace import Call, Trace, example_inputs, module_names, run_trace, sole_reader
 from segconvert.reference_models.keras_ops import Conv as KerasConv
 from segconvert.reference_models.keras_ops import KerasReLU, SeparableConv, _pad_input, _same_as_zero_taps
 from segconvert.reference_models.keras_ops_pool import tf_same_pads
@@ -250,12 +251,12 @@ def _separable_of(sep: SeparableConv, name: str, report: OneDNNReport) -> OneDNN
     return OneDNNSeparable(d, p)
 
 
-def _activation_reader(trace: _Trace, tensor: int, after: int, pinned: set[int]) -> _Call | None:
+def _activation_reader(trace: Trace, tensor: int, after: int, pinned: set[int]) -> Call | None:
     """The activation module call that is the only reader of ``tensor`` (a conv output made at ``after``).
 
     Out-of-place: fuse.py's sole reader. In place (the call returns ``tensor`` itself): the first call to read
     it, with no read before it; later reads see the activated value, which the fused conv returns."""
-    sole = _sole_reader(trace, tensor, after, pinned)
+    sole = sole_reader(trace, tensor, after, pinned)
     if sole is not None:
         return sole
     uses = [u for u in trace.uses.get(tensor, []) if u > after]
@@ -304,10 +305,10 @@ def _convert(model: nn.Module, inputs: Sequence[torch.Tensor] | None, approximat
     if not units:
         report.reason = "no 2-D convolutions"
         return
-    trace, pinned, _ = _run_trace(model, list(inputs) if inputs is not None else example_inputs(model))
-    names = _names(model)
+    trace, pinned, _ = run_trace(model, list(inputs) if inputs is not None else example_inputs(model))
+    names = module_names(model)
     qual = {mid: where[0][2] for mid, where in names.items()}
-    calls_of: dict[int, list[_Call]] = {}
+    calls_of: dict[int, list[Call]] = {}
     for c in trace.calls:
         calls_of.setdefault(id(c.module), []).append(c)
 
