@@ -3,6 +3,7 @@ lies in memory (no copy to NCHW), same values as the float64 definition, same la
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -62,7 +63,31 @@ def test_keras_in_layer_softmax_on_channels_last_matches_the_definition():
     torch.manual_seed(3)
     x = (torch.randn(1, 7, 11, 5) * 4).contiguous(memory_format=torch.channels_last)
     for name, ref in (("softmax", _softmax64(x, 1)), ("log_softmax", _softmax64(x, 1).log())):
-        y = activation(x, name, dim=1)
+        y = activation(x, name, dim=1, layout=True)
         assert y.is_contiguous(memory_format=torch.channels_last)
         assert (y.double() - ref).abs().max() < 1e-5
-        assert torch.equal(activation(x.contiguous(), name, dim=1), getattr(torch, name)(x.contiguous(), 1))
+        assert torch.equal(activation(x, name, dim=1), getattr(torch, name)(x, 1))  # plain: as the emitted source
+        xn = x.contiguous()
+        assert torch.equal(activation(xn, name, dim=1, layout=True), getattr(torch, name)(xn, 1))
+
+
+def test_inference_form_of_a_keras_net_with_in_layer_softmax(tmp_path):
+    """``Conv2D(..., activation="softmax")``: the plain module computes F.softmax (as its emitted source); the
+    inference form switches the net to the layout-aware softmax, and channels_last input keeps its layout."""
+    K = pytest.importorskip("tf_keras")
+    import segconvert
+    from segconvert.commands.convert_keras import convert_keras_generic_files
+
+    inp = K.Input((12, 20, 3))
+    x = K.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    out = K.layers.Conv2D(5, 1, activation="softmax")(x)
+    K.Model(inp, out).save(tmp_path / "m.h5")
+    convert_keras_generic_files(tmp_path / "m.h5", tmp_path / "m.safetensors")
+    plain = segconvert.load_model(tmp_path / "m.safetensors")
+    fast = segconvert.load_model(tmp_path / "m.safetensors", fuse=True)
+    assert plain.softmax_in_layout is False and fast.softmax_in_layout is True
+    x = (torch.rand(1, 3, 12, 20) * 255).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want, got = plain(x), fast.to(memory_format=torch.channels_last)(x)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert (got - want).abs().max() < 1e-6

@@ -36,11 +36,15 @@ _SWAP: dict[type, type] = {nn.Softmax: LayoutSoftmax, nn.LogSoftmax: LayoutLogSo
 
 
 def layout_aware(model: nn.Module) -> int:
-    """Make every exact ``nn.Softmax`` / ``nn.LogSoftmax`` in ``model`` layout-aware in place; returns the count."""
+    """Make every exact ``nn.Softmax`` / ``nn.LogSoftmax`` in ``model`` layout-aware in place, and the in-layer
+    softmax activations of generic Keras nets (``softmax_in_layout``); returns the number of modules changed."""
     count = 0
     for module in model.modules():
         new = _SWAP.get(type(module))
         if new is not None:
             module.__class__ = new  # same attributes (dim), no parameters or buffers
+            count += 1
+        elif getattr(module, "softmax_in_layout", None) is False:
+            module.softmax_in_layout = True
             count += 1
     return count

@@ -110,7 +110,7 @@ class KerasGenericNet(nn.Module):
         self.input_names = [i["name"] for i in self.config["inputs"]]
         self.output_names = [o["name"] for o in self.config["outputs"]]
         reserved = set(dir(nn.Module)) | {"config", "input_names", "output_names", "steps", "layer_outputs"}
-        reserved.add("activation_in_module")
+        reserved |= {"activation_in_module", "softmax_in_layout"}
         for step in self.config["steps"]:
             module = step["module"]
             if module is not None and module not in self._modules:
@@ -121,6 +121,9 @@ class KerasGenericNet(nn.Module):
         # layers whose activation an inference pass moved into a module (segconvert.inference.onednn_keras);
         # not state: the config, state_dict and emitted source are unchanged
         self.activation_in_module: set[str] = set()
+        # in-layer softmax along the channel axis as it lies in memory (the inference form sets it:
+        # segconvert.inference.layout); off, it is F.softmax, exactly as the emitted source computes it
+        self.softmax_in_layout = False
 
     def _run(self, inputs: tuple[torch.Tensor, ...], record: dict[str, torch.Tensor] | None) -> dict[str, Any]:
         if len(inputs) != len(self.input_names):
@@ -141,9 +144,8 @@ class KerasGenericNet(nn.Module):
             outs = list(out) if isinstance(out, tuple) else [out]
             act = step.get("activation")
             if act and step["name"] not in getattr(self, "activation_in_module", ()):
-                outs = [
-                    keras_ops.activation(o, act["name"], act.get("dim", 1), act.get("hard_slope", 0.2)) for o in outs
-                ]
+                args = (act["name"], act.get("dim", 1), act.get("hard_slope", 0.2), self.softmax_in_layout)
+                outs = [keras_ops.activation(o, *args) for o in outs]
             call = calls.get(step["name"], 0)
             calls[step["name"]] = call + 1
             for i, (t, v) in enumerate(zip(step["outputs"], outs, strict=True)):

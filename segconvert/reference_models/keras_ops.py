@@ -57,8 +57,9 @@ def layout_softmax(x: torch.Tensor, dim: int, log: bool = False) -> torch.Tensor
     return f(x, dim=dim)
 
 
-def activation(x: torch.Tensor, name: str, dim: int = 1, hard_slope: float = 0.2) -> torch.Tensor:
-    """A Keras activation by name (``dim``: softmax axis; ``hard_slope``: hard_sigmoid 0.2 (Keras 1/2) or 1/6)."""
+def activation(x: torch.Tensor, name: str, dim: int = 1, hard_slope: float = 0.2, layout: bool = False) -> torch.Tensor:
+    """A Keras activation by name (``dim``: softmax axis; ``hard_slope``: hard_sigmoid 0.2 (Keras 1/2) or 1/6;
+    ``layout``: softmax by :func:`layout_softmax`, else ``F.softmax`` as the emitted source has it)."""
     if name == "linear":
         return x
     if name == "relu":
@@ -72,7 +73,9 @@ def activation(x: torch.Tensor, name: str, dim: int = 1, hard_slope: float = 0.2
     if name == "tanh":
         return torch.tanh(x)
     if name in ("softmax", "log_softmax"):
-        return layout_softmax(x, dim, log=name == "log_softmax")
+        if layout:
+            return layout_softmax(x, dim, log=name == "log_softmax")
+        return F.softmax(x, dim=dim) if name == "softmax" else F.log_softmax(x, dim=dim)
     if name == "softplus":
         return F.softplus(x)
     if name == "softsign":
