@@ -127,14 +127,7 @@ def run_trace(model: nn.Module, inputs: Sequence[torch.Tensor]) -> tuple[Trace, 
         handles = trace.hook(model)
         try:
             with torch.no_grad(), trace:
-                if device == "empty":
-                    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
-                    xs = [x.to(dev) for x in empty]  # type: ignore[union-attr]
-                    trace.keep.extend(xs)
-                    out = model(*xs)
-                    if any(t.dim() and t.shape[0] != 0 for t in tensors_in(out)):
-                        raise RuntimeError("an output is not batch-first")
-                elif device == "meta":
+                if device == "meta":
                     state = {
                         k: v.to("meta")
                         for k, v in {**dict(model.named_parameters()), **dict(model.named_buffers())}.items()
@@ -142,11 +135,13 @@ def run_trace(model: nn.Module, inputs: Sequence[torch.Tensor]) -> tuple[Trace, 
                     xs = [x.to("meta") for x in inputs]
                     trace.keep.extend(xs)
                     out = torch.func.functional_call(model, state, tuple(xs), strict=False)
-                else:
+                else:  # the real kernels, on the empty batch or on the inputs themselves
                     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
-                    xs = [x.to(dev) for x in inputs]
+                    xs = [x.to(dev) for x in (empty if device == "empty" else inputs)]  # type: ignore[union-attr]
                     trace.keep.extend(xs)
                     out = model(*xs)
+                    if device == "empty" and any(t.dim() and t.shape[0] != 0 for t in tensors_in(out)):
+                        raise RuntimeError("an output is not batch-first")
             outs = tensors_in(out)
             trace.keep.extend(outs)
             return trace, {id(t) for t in outs} | {id(x) for x in xs}, device
