@@ -1,11 +1,11 @@
 """CPU float environment for timing: subnormal numbers flushed to zero (FTZ/DAZ).
 
 TensorFlow's CPU executor flushes subnormals in its compute threads; PyTorch does not, and a net whose softmax
-underflows (random weights on 0-255 input: probabilities of ~1e-40) runs its exponentials on the slow
-subnormal path -- Fast-SCNN at 512x1024, one thread, 172 ms instead of 104 ms. ``torch.set_flush_denormal``
-sets the calling thread's MXCSR only; threads started afterwards inherit it (POSIX threads copy the
-creator's floating-point environment), so :func:`flush_denormals` must run before torch's first parallel
-region starts the OpenMP pool. Values change only below float32's smallest normal number (1.2e-38).
+underflows (random weights on 0-255 input: probabilities of ~1e-40) runs its exponentials on the slow subnormal
+path (Fast-SCNN at 512x1024: about 1.6x slower; README, ``segconvert benchmark``). ``torch.set_flush_denormal``
+sets the calling thread's MXCSR only; threads started afterwards inherit it (POSIX threads copy the creator's
+floating-point environment), so :func:`flush_denormals` must run before torch's first parallel region starts the
+OpenMP pool. Values change only below float32's smallest normal number (1.2e-38).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Recording one run of a model: which module call reads which tensor (the data flow the inference passes
 need). ``run_trace`` runs the model under a ``TorchFunctionMode`` with module hooks, on an empty batch first
 (the real kernels on zero elements: no arithmetic, a few MB), then on the meta device (no arithmetic, but its
-Python shape functions import sympy and torch's decompositions, ~70 MB resident for the process's life), else
+Python shape functions import sympy and torch's decompositions, which stay resident), else
 for real on the inputs. Used by :mod:`segconvert.inference.fuse` and :mod:`segconvert.inference.onednn`.
 """
 
@@ -119,7 +119,7 @@ def _empty_batch(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
 def run_trace(model: nn.Module, inputs: Sequence[torch.Tensor]) -> tuple[Trace, set[int], str]:
     """Run ``model`` under the recorder: on an empty batch first (the real kernels on zero elements: no
     arithmetic, no memory), then on the meta device (no arithmetic, but its Python shape functions import
-    sympy and the decompositions: ~70 MB resident for the process's life), else for real on the inputs."""
+    sympy and the decompositions, which stay resident), else for real on the inputs."""
     errors = []
     empty = _empty_batch(inputs)
     for device in ("empty", "meta", "real") if empty is not None else ("meta", "real"):
