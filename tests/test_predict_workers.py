@@ -88,6 +88,14 @@ def test_two_workers_write_the_in_process_files_bit_for_bit_in_input_order(setup
     assert labels.shape == SIZES["a"] and len(np.unique(labels)) > 1  # a real label map, not one class
 
 
+def _patch_forward(monkeypatch, fn):
+    import segconvert.eval.crops as crops
+    import segconvert.eval.protocols as protocols
+
+    monkeypatch.setattr(crops, "forward_batch", fn)  # the sliding window's
+    monkeypatch.setattr(protocols, "forward_batch", fn)  # the one-forward protocols'
+
+
 def test_a_budget_that_batches_several_crops_writes_the_one_crop_files(setup, monkeypatch):
     import segconvert.eval.batching as batching
     import segconvert.eval.protocols as protocols
@@ -99,7 +107,7 @@ def test_a_budget_that_batches_several_crops_writes_the_one_crop_files(setup, mo
         batches.append(int(x.shape[0]))
         return forward(model, x, rt)
 
-    monkeypatch.setattr(protocols, "forward_batch", counted)
+    _patch_forward(monkeypatch, counted)
     one = _predict(setup, "m0", "--workers", "0")
     assert max(batches) == 2  # one flip pair per forward on the CPU
     batches.clear()
@@ -123,7 +131,7 @@ def test_channels_last_runs_nhwc_crops_and_writes_the_same_labels(setup, monkeyp
         layouts.append(rt.memory_format == torch.channels_last)
         return forward(model, x, rt)
 
-    monkeypatch.setattr(protocols, "forward_batch", seen)
+    _patch_forward(monkeypatch, seen)
     plain = _predict(setup, "cl0", "--workers", "0")
     assert layouts and not any(layouts)  # the CPU default: NCHW
     layouts.clear()

@@ -127,7 +127,7 @@ def predict(
         amp=amp,
         batch_size=batch_size,
         batch_memory=batch_memory,
-        workers=default_workers() if workers is None else workers,
+        workers=default_workers(dev) if workers is None else workers,
         channels_last=channels_last,
     )
     try:

@@ -56,10 +56,9 @@ Exactness, what is and is not reproduced:
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -67,217 +66,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from segconvert.errors import WeightsFileError
+from segconvert.eval.crops import Runtime, ScalePlan, Window, forward_batch, mmseg_starts, slide, sliding_starts
+from segconvert.eval.preprocessing import Preprocessing
 from segconvert.eval.resize import BOUNDARIES, bilinear, cv2_backend, cv2_linear, matlab_imresize, round_half_away
 
 MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
-# ------------------------------------------------------------------------------------------ preprocessing
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """x = (pixels[channel_order] * scale - mean) / std, pixels 0..255; mean/std given in channel_order."""
-
-    channel_order: str = "RGB"
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] | None = None
-    scale: float = 1.0
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any] | None) -> Preprocessing:
-        if not meta:
-            raise WeightsFileError(
-                "the weights carry no preprocessing metadata (channel order, mean, std): "
-                "convert them with segconvert or pass a Preprocessing"
-            )
-        order = str(meta.get("channel_order", "RGB")).upper()
-        if order not in ("RGB", "BGR"):
-            raise WeightsFileError(f"preprocessing channel_order must be RGB or BGR, got {order!r}")
-        std = meta.get("std")
-        return cls(
-            order,
-            tuple(float(v) for v in meta.get("mean", (0.0, 0.0, 0.0))),  # type: ignore[arg-type]
-            None if std is None else tuple(float(v) for v in std),  # type: ignore[arg-type]
-            float(meta.get("scale", 1.0)),
-        )
-
-    @classmethod
-    def from_model(cls, model: nn.Module) -> Preprocessing:
-        meta = getattr(model, "segconvert_meta", None) or {}
-        return cls.from_meta(meta.get("preprocessing"))
-
-    def normalize(self, rgb: torch.Tensor) -> torch.Tensor:
-        """(3, H, W) RGB pixel values (any float dtype) -> float32 network input."""
-        x = rgb.float()
-        if self.channel_order == "BGR":
-            x = x.flip(0)
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
-        x = x * self.scale - mean if self.scale != 1.0 else x - mean
-        if self.std is not None:
-            x = x / torch.tensor(self.std, dtype=torch.float32, device=x.device).view(3, 1, 1)
-        return x
-
-
-# -------------------------------------------------------------------------------------------- planning
-
-
-@dataclass(frozen=True)
-class Window:
-    y0: int
-    y1: int
-    x0: int
-    x1: int
-
-
-@dataclass(frozen=True)
-class ScalePlan:
-    """How one scale is run: image resized to ``resized``, padded (top, bottom, left, right) to ``padded``."""
-
-    scale: float
-    resized: tuple[int, int]
-    padded: tuple[int, int]
-    pad: tuple[int, int, int, int]
-    windows: tuple[Window, ...]
-    flip: bool = False  # whole-image flip augmentation (mmseg TTA / whole); per-crop flips are in the fusion
-
-
-def sliding_starts(length: int, crop: int, stride: int) -> list[int]:
-    """PSPNet / semseg grid: ceil((length - crop) / stride) + 1 windows, the last aligned to the border."""
-    n = int(math.ceil((length - crop) / stride)) + 1
-    return [min(i * stride + crop, length) - crop for i in range(n)]
-
-
-def mmseg_starts(length: int, crop: int, stride: int) -> list[tuple[int, int]]:
-    """mmseg grid: (start, end) pairs, max(length - crop + stride - 1, 0) // stride + 1 windows, clipped."""
-    n = max(length - crop + stride - 1, 0) // stride + 1
-    out = []
-    for i in range(n):
-        end = min(i * stride + crop, length)
-        out.append((max(end - crop, 0), end))
-    return out
-
-
-# ------------------------------------------------------------------------------------------- inference
-
-
-@dataclass
-class Runtime:
-    """Where and how crops run: device, crops per forward, memory format and autocast.
-
-    Defaults follow the device: on CUDA 8 crops per forward, channels_last and float16 autocast; on CPU one
-    crop at a time (batching measured within 10 % of it there), contiguous, float32. ``amp=True`` on CPU selects
-    bfloat16 autocast; ``amp=False`` / ``channels_last=False`` switch them off anywhere. ``batch_memory``
-    (MiB, used when ``batch_size`` is not given): crops per forward from that budget, measured per crop size
-    on the first crop (:mod:`segconvert.eval.batching`).
-    """
-
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    batch_size: int | None = None
-    amp: bool | None = None
-    channels_last: bool | None = None
-    batch_memory: float | None = None
-    fitted: dict[tuple[int, ...], int] = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def crops_per_forward(self) -> int:
-        if self.batch_size:
-            return max(1, int(self.batch_size))
-        if self.batch_memory and self.fitted:
-            return max(self.fitted.values())
-        return 8 if self.device.type == "cuda" else 1
-
-    def crops_for(self, model: nn.Module, crop: torch.Tensor) -> int:
-        """Crops per forward for crops shaped like ``crop`` (1, C, h, w): the budget's, else the fixed count."""
-        if self.batch_size or not self.batch_memory:
-            return self.crops_per_forward
-        key = tuple(crop.shape[1:])
-        if key not in self.fitted:
-            from segconvert.eval.batching import crops_for_budget
-
-            self.fitted[key] = crops_for_budget(model, crop.contiguous(), self, self.batch_memory)
-        return self.fitted[key]
-
-    @property
-    def memory_format(self) -> torch.memory_format:
-        on = self.device.type == "cuda" if self.channels_last is None else bool(self.channels_last)
-        return torch.channels_last if on else torch.contiguous_format
-
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        """float16 on CUDA (unless ``amp=False``), bfloat16 on CPU only when ``amp=True``, else None."""
-        kind = self.device.type
-        if self.amp is False or (self.amp is None and kind != "cuda"):
-            return None
-        return {"cuda": torch.float16, "cpu": torch.bfloat16}.get(kind)
-
-    @property
-    def use_amp(self) -> bool:
-        return self.autocast_dtype is not None
-
-
-def forward_batch(model: nn.Module, x: torch.Tensor, rt: Runtime) -> torch.Tensor:
-    """Logits (float32) of a (B, 3, h, w) batch in ``rt``'s memory format and autocast, checked for size."""
-    x = x.contiguous(memory_format=rt.memory_format)
-    dtype = rt.autocast_dtype
-    amp = torch.autocast(rt.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    with torch.inference_mode(), amp:
-        out = model(x)
-    if isinstance(out, (list, tuple)):
-        out = out[-1]
-    if out.dim() != 4 or out.shape[0] != x.shape[0] or out.shape[-2:] != x.shape[-2:]:
-        raise WeightsFileError(
-            f"model returned {tuple(out.shape)} for input {tuple(x.shape)}: expected (N, classes, h, w) logits "
-            "at input resolution"
-        )
-    return out.float()
-
-
-def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
-    for i in range(0, len(items), max(1, n)):
-        yield items[i : i + max(1, n)]
-
-
-def slide(
-    model: nn.Module,
-    x: torch.Tensor,
-    windows: tuple[Window, ...],
-    rt: Runtime,
-    fuse: str,
-    flip: bool,
-    acc_dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """Run all windows of the (3, Hp, Wp) input in batches; return the count-averaged fused crop scores.
-
-    ``fuse``: 'psp' (logits + flipped logits, then softmax), 'semseg' (mean of the softmaxes of the plain and
-    flipped pass), 'softmax' or 'logits' (flip must be off). Sums and counts are kept in ``acc_dtype``.
-    """
-    acc: torch.Tensor | None = None
-    count = torch.zeros(1, x.shape[1], x.shape[2], dtype=acc_dtype, device=x.device)
-    first = windows[0]
-    n = rt.crops_for(model, x[None, :, first.y0 : first.y1, first.x0 : first.x1])
-    per_batch = max(1, n // 2) if flip else n
-    for chunk in _chunks(list(windows), per_batch):
-        crops = torch.stack([x[:, w.y0 : w.y1, w.x0 : w.x1] for w in chunk])
-        if flip:
-            logits = forward_batch(model, torch.cat([crops, crops.flip(-1)]), rt)
-            plain, flipped = logits[: len(chunk)], logits[len(chunk) :].flip(-1)
-            if fuse == "psp":
-                scores = torch.softmax(plain + flipped, dim=1)
-            elif fuse == "semseg":
-                scores = (torch.softmax(plain, dim=1) + torch.softmax(flipped, dim=1)) / 2
-            else:
-                raise ValueError(f"fusion {fuse!r} has no per-crop flip")
-        else:
-            logits = forward_batch(model, crops, rt)
-            scores = logits if fuse == "logits" else torch.softmax(logits, dim=1)
-        if acc is None:
-            acc = torch.zeros(scores.shape[1], x.shape[1], x.shape[2], dtype=acc_dtype, device=x.device)
-        for w, s in zip(chunk, scores, strict=True):
-            acc[:, w.y0 : w.y1, w.x0 : w.x1] += s
-            count[:, w.y0 : w.y1, w.x0 : w.x1] += 1
-    assert acc is not None
-    return acc / count
+# ------------------------------------------------------------------------------------------- protocols helpers
 
 
 def _image_tensor(image: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -285,6 +80,25 @@ def _image_tensor(image: np.ndarray | torch.Tensor, device: torch.device) -> tor
     t = torch.from_numpy(np.require(image, requirements=["W", "C"])) if isinstance(image, np.ndarray) else image
     dtype = torch.float32 if device.type == "mps" else torch.float64
     return t.to(device).permute(2, 0, 1).to(dtype)
+
+
+Resized = Mapping[tuple[int, int], torch.Tensor]  # (rows, cols) -> the (3, rows, cols) image at that size
+
+
+class _Images:
+    """The image at each size a plan runs: the loader's resized copy moved to the device, else resized here."""
+
+    def __init__(self, proto: Protocol, image: np.ndarray, device: torch.device, resized: Resized | None) -> None:
+        self.proto, self.image, self.device, self.resized = proto, image, device, resized or {}
+        self.full: torch.Tensor | None = None
+
+    def __call__(self, size: tuple[int, int]) -> torch.Tensor:
+        done = self.resized.get(size)
+        if done is not None:
+            return done.to(self.device)
+        if self.full is None:
+            self.full = _image_tensor(self.image, self.device)
+        return self.proto.resize_image(self.full, size)
 
 
 def _average_augmentations(plans: list[ScalePlan], run: Callable[[ScalePlan], torch.Tensor]) -> torch.Tensor:
@@ -310,12 +124,39 @@ class Protocol:
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     uses_opencv: ClassVar[bool] = False  # resizes like cv2.resize (recorded in describe())
+    image_uint8: ClassVar[bool] = False  # resize_image gives integer values: the loader carries them as uint8
 
     def plan(self, h: int, w: int) -> list[ScalePlan]:
         raise NotImplementedError
 
-    def predict(self, model: nn.Module, image: np.ndarray, prep: Preprocessing, rt: Runtime) -> torch.Tensor:
+    def predict(
+        self, model: nn.Module, image: np.ndarray, prep: Preprocessing, rt: Runtime, resized: Resized | None = None
+    ) -> torch.Tensor:
+        """(K, H, W) scores; ``resized``: :meth:`resized_images` of ``image``, done ahead (by the loader)."""
         raise NotImplementedError
+
+    def resize_image(self, img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The (3, H, W) float64 image at ``size``, as the network input is made from it (before normalising)."""
+        raise NotImplementedError
+
+    def resizes(self, plan: ScalePlan, h: int, w: int) -> bool:
+        """Whether ``plan`` runs a resized copy of the (h, w) image rather than the image itself."""
+        return plan.resized != (h, w)
+
+    def resized_images(self, image: np.ndarray) -> dict[tuple[int, int], torch.Tensor]:
+        """The (H, W, 3) uint8 ``image`` at every size its plans run, resized on the CPU: the part of
+        :meth:`predict` the eval loader does in its workers (passed back as ``predict(..., resized=)``, which
+        gives the same scores as resizing there). {} when no plan resizes."""
+        h, w = image.shape[:2]
+        sizes = list(dict.fromkeys(p.resized for p in self.plan(h, w) if self.resizes(p, h, w)))
+        if not sizes:
+            return {}
+        full = _image_tensor(image, torch.device("cpu"))
+        out = {}
+        for size in sizes:
+            r = self.resize_image(full, size)
+            out[size] = r.to(torch.uint8) if self.image_uint8 else r
+        return out
 
     def describe(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items()}
@@ -359,8 +200,8 @@ class SlidingWindow(Protocol):
         """(before, after) of ``pad`` rows or columns."""
         raise NotImplementedError
 
-    def resize_image(self, img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        raise NotImplementedError
+    def resizes(self, plan: ScalePlan, h: int, w: int) -> bool:
+        return True  # resize_image also makes the input's dtype at the image's own size
 
     def resize_scores(self, score: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         raise NotImplementedError
@@ -376,13 +217,15 @@ class SlidingWindow(Protocol):
             plans.append(ScalePlan(s, (nh, nw), (ph, pw), (top, bottom, left, right), wins))
         return plans
 
-    def predict(self, model: nn.Module, image: np.ndarray, prep: Preprocessing, rt: Runtime) -> torch.Tensor:
+    def predict(
+        self, model: nn.Module, image: np.ndarray, prep: Preprocessing, rt: Runtime, resized: Resized | None = None
+    ) -> torch.Tensor:
         h, w = image.shape[:2]
-        img = _image_tensor(image, rt.device)
+        images = _Images(self, image, rt.device, resized)
         total: torch.Tensor | None = None
         for p in self.plan(h, w):
             top, bottom, left, right = p.pad
-            x = F.pad(prep.normalize(self.resize_image(img, p.resized)), (left, right, top, bottom))
+            x = F.pad(prep.normalize(images(p.resized)), (left, right, top, bottom))
             fuse = self.flip_fusion if self.flip else "softmax"
             score = slide(model, x, p.windows, rt, fuse, self.flip, self.acc_dtype)
             score = self.resize_scores(score[:, top : top + p.resized[0], left : left + p.resized[1]], (h, w))
@@ -394,6 +237,7 @@ class SlidingWindow(Protocol):
 @dataclass(frozen=True)
 class PSPNetMatlab(SlidingWindow):
     name: str = "pspnet"
+    image_uint8: ClassVar[bool] = True
     matlab_boundary: str = "symmetric"  # imresize's out-of-range taps: "symmetric" (newer MATLAB) | "replicate"
 
     def __post_init__(self) -> None:
@@ -457,6 +301,7 @@ class MMSegSlide(Protocol):
     resize_scale: tuple[int, int] | None = (2048, 1024)
     flip: bool = False
     uses_opencv: ClassVar[bool] = True
+    image_uint8: ClassVar[bool] = True
 
     def plan(self, h: int, w: int) -> list[ScalePlan]:
         plans = []
@@ -471,12 +316,17 @@ class MMSegSlide(Protocol):
                 plans.append(ScalePlan(s, (nh, nw), (nh, nw), (0, 0, 0, 0), wins, f))
         return plans
 
-    def predict(self, model: nn.Module, image: np.ndarray, prep: Preprocessing, rt: Runtime) -> torch.Tensor:
+    def resize_image(self, img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return cv2_linear(img, size, uint8=True).float()  # mmcv.imrescale of the uint8 image
+
+    def predict(
+        self, model: nn.Module, image: np.ndarray, prep: Preprocessing, rt: Runtime, resized: Resized | None = None
+    ) -> torch.Tensor:
         h, w = image.shape[:2]
-        img = _image_tensor(image, rt.device)
+        images = _Images(self, image, rt.device, resized)
 
         def run(p: ScalePlan) -> torch.Tensor:
-            im = cv2_linear(img, p.resized, uint8=True).float()  # mmcv.imrescale of the uint8 image
+            im = images(p.resized).float()
             im = im.flip(-1) if p.flip else im
             logits = slide(model, prep.normalize(im), p.windows, rt, "logits", False)
             return bilinear(logits.flip(-1) if p.flip else logits, (h, w))
@@ -499,7 +349,9 @@ class DeepLabMSC(Protocol):
         ph, pw = size(h), size(w)
         return [ScalePlan(1.0, (h, w), (ph, pw), (0, ph - h, 0, pw - w), (Window(0, ph, 0, pw),))]
 
-    def predict(self, model: nn.Module, image: np.ndarray, prep: Preprocessing, rt: Runtime) -> torch.Tensor:
+    def predict(
+        self, model: nn.Module, image: np.ndarray, prep: Preprocessing, rt: Runtime, resized: Resized | None = None
+    ) -> torch.Tensor:
         h, w = image.shape[:2]
         (p,) = self.plan(h, w)
         x = F.pad(prep.normalize(_image_tensor(image, rt.device)), (0, p.pad[3], 0, p.pad[1]))
@@ -518,12 +370,17 @@ class Whole(Protocol):
                 plans.append(ScalePlan(s, (nh, nw), (nh, nw), (0, 0, 0, 0), (Window(0, nh, 0, nw),), f))
         return plans
 
-    def predict(self, model: nn.Module, image: np.ndarray, prep: Preprocessing, rt: Runtime) -> torch.Tensor:
+    def resize_image(self, img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return bilinear(img.float(), size)
+
+    def predict(
+        self, model: nn.Module, image: np.ndarray, prep: Preprocessing, rt: Runtime, resized: Resized | None = None
+    ) -> torch.Tensor:
         h, w = image.shape[:2]
-        img = _image_tensor(image, rt.device).float()
+        images = _Images(self, image, rt.device, resized)
 
         def run(p: ScalePlan) -> torch.Tensor:
-            x = prep.normalize(bilinear(img, p.resized))
+            x = prep.normalize(images(p.resized))
             x = x.flip(-1) if p.flip else x
             logits = forward_batch(model, x[None], rt)[0]
             return bilinear(logits.flip(-1) if p.flip else logits, (h, w))

@@ -85,13 +85,14 @@ class _TimedForward(nn.Module):
 
 
 def timing_split(timing: dict[str, Any]) -> str:
-    """One line: images/s and the seconds of decode (loading), protocol (resizes, padding, fusion), network
-    (the forwards) and metrics, from ``evaluate(..., time_network=True)``'s ``info["timing"]``."""
+    """One line: images/s and the seconds of decode (loading + the loader's image resizes), protocol (padding,
+    crops, flip fusion, score resizes), network (the forwards) and metrics, from
+    ``evaluate(..., time_network=True)``'s ``info["timing"]``."""
     net = float(timing.get("network", 0.0))
     proto = max(float(timing.get("inference", 0.0)) - net, 0.0)
     ips = timing.get("images_per_second")
     workers = int(timing.get("workers", 0))
-    decode = f"decode {timing.get('load', 0.0):.2f}s"
+    decode = f"decode {timing.get('load', 0.0):.2f}s + resize {timing.get('resize', 0.0):.2f}s"
     if workers:
         decode += f" (summed over {workers} workers; waited {timing.get('wait', 0.0):.2f}s for them)"
     parts = [
@@ -142,10 +143,11 @@ def evaluate(
 
     ``batch_size``, ``amp`` and ``channels_last`` default by device (see :class:`Runtime`); ``batch_memory``
     (MiB): crops per forward from a memory budget instead (``batch_size`` wins when both are given).
-    ``workers``: images and ground truth decoded by that many DataLoader worker processes (0: in this
-    process); the scores do not depend on it. The result's ``info["timing"]`` separates decode (``load``: the
-    seconds spent decoding, summed over the workers; ``wait``: the seconds this process waited for decoded
-    images), inference and metric seconds.
+    ``workers``: images and ground truth decoded, and resized to the protocol's scales
+    (:meth:`Protocol.resized_images`, on the CPU whatever the device), by that many DataLoader worker
+    processes (0: in this process); the scores do not depend on it. The result's ``info["timing"]`` separates
+    decode (``load``: the seconds spent decoding, ``resize``: resizing, both summed over the workers;
+    ``wait``: the seconds this process waited for them), inference and metric seconds.
     """
     from segconvert.eval import distributed as dist_eval
     from segconvert.eval.loader import decoded
@@ -169,7 +171,7 @@ def evaluate(
     timer = _Timer(dev)
     start = time.perf_counter()
     bar = _progress(len(indices), f"eval {dataset.name}", progress and rank == 0)
-    items = decoded(dataset, indices, workers)
+    items = decoded(dataset, indices, workers, protocol.resized_images)  # images resized on the CPU, ahead
     try:
         while True:
             t0 = time.perf_counter()
@@ -183,7 +185,8 @@ def evaluate(
             t1 = time.perf_counter()
             timer.add("wait", t1 - t0)
             timer.add("load", item.seconds)
-            scores = protocol.predict(model, image, prep, rt)
+            timer.add("resize", item.prepare_seconds)
+            scores = protocol.predict(model, image, prep, rt, item.prepared)
             pred = scores.argmax(0)
             if scores.shape[0] <= 255:
                 pred = pred.to(torch.uint8)  # class ids fit: the metric takes its fast path

@@ -53,7 +53,7 @@ def run_cli_evaluation(
         device=dev,
         batch_size=run.get("batch_size"),
         batch_memory=run.get("batch_memory"),
-        workers=default_workers() if workers is None else int(workers),
+        workers=default_workers(dev) if workers is None else int(workers),
         amp=run.get("amp"),
         channels_last=run.get("channels_last"),
         limit=run.get("limit"),

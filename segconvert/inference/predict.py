@@ -259,6 +259,40 @@ class ImageFiles:
         return None
 
 
+@dataclass(frozen=True)
+class _LoaderResize:
+    """The loader's share of a prediction: the image resized to the scales of the protocol it gets."""
+
+    meta: Mapping[str, Any]
+    protocol: str | Protocol | None
+    dataset: str | None
+    scales: tuple[float, ...] | None
+    flip: bool | None
+
+    def __call__(self, image: np.ndarray) -> dict[tuple[int, int], torch.Tensor] | None:
+        try:
+            proto = _protocol_for(self.meta, image, self.protocol, self.dataset, self.scales, self.flip)
+        except ProtocolOptionsError:
+            return None  # raised again, as one line, where the image is predicted
+        return proto.resized_images(image)
+
+
+def _protocol_for(
+    meta: Mapping[str, Any],
+    image: np.ndarray,
+    protocol: str | Protocol | None,
+    dataset: str | None,
+    scales: tuple[float, ...] | None,
+    flip: bool | None,
+) -> Protocol:
+    if isinstance(protocol, Protocol):
+        return protocol
+    try:
+        return model_protocol(meta, image.shape[:2], protocol, dataset=dataset, scales=scales, flip=flip)
+    except ValueError as exc:
+        raise ProtocolOptionsError(str(exc)) from exc
+
+
 class ProtocolOptionsError(ValueError):
     """The protocol options do not fit an image (e.g. scales given to ``deeplab-msc``)."""
 
@@ -281,9 +315,10 @@ def predict_files(
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """(index, image, label map) of every file of ``paths``, in that order; options as :func:`predict`.
 
-    ``workers`` > 0: the files are decoded by that many DataLoader worker processes (eval's loader); a file
-    that cannot be read raises its one-line error here. One :class:`Runtime` serves all images, so a
-    ``batch_memory`` budget is measured once per crop size. The labels depend on neither option.
+    ``workers`` > 0: the files are decoded, and resized to the protocol's scales, by that many DataLoader
+    worker processes (eval's loader); a file that cannot be read raises its one-line error here. One
+    :class:`Runtime` serves all images, so a ``batch_memory`` budget is measured once per crop size. The
+    labels depend on neither option.
     """
     from segconvert.eval.datasets import SegDataset
     from segconvert.eval.loader import decoded
@@ -293,21 +328,16 @@ def predict_files(
         image_input_check(meta)
     s = _setup(model, preprocessing, device, amp, channels_last, batch_size, batch_memory)
     model = model.eval().to(s.rt.device, memory_format=s.rt.memory_format)
-    items = decoded(cast(SegDataset, ImageFiles(paths)), range(len(paths)), max(0, int(workers)))
+    resize = _LoaderResize(dict(meta), protocol, dataset, scales, flip)
+    items = decoded(cast(SegDataset, ImageFiles(paths)), range(len(paths)), max(0, int(workers)), resize)
     try:
         for item in items:
             if item.error is not None:
                 raise item.error
             assert item.image is not None
-            proto = protocol if isinstance(protocol, Protocol) else None
-            if proto is None:
-                try:
-                    proto = model_protocol(
-                        meta, item.image.shape[:2], protocol, dataset=dataset, scales=scales, flip=flip
-                    )
-                except ValueError as exc:
-                    raise ProtocolOptionsError(str(exc)) from exc
-            yield item.index, item.image, _labels(proto.predict(model, item.image, s.prep, s.rt))
+            proto = _protocol_for(meta, item.image, protocol, dataset, scales, flip)
+            scores = proto.predict(model, item.image, s.prep, s.rt, item.prepared)
+            yield item.index, item.image, _labels(scores)
     finally:
         items.close()  # stops the workers when the caller stops early
 
