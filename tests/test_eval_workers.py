@@ -74,3 +74,22 @@ def test_cli_workers_and_the_benchmark_split(setup, tmp_path):
     assert "workers" not in outs["0"].stderr.strip().splitlines()[-1]
     bad = subprocess.run([*cmd, "--workers", "-1"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert bad.returncode == 2
+
+
+def test_eval_amp_choice_reaches_the_runtime_and_fp16_on_the_cpu_is_one_line(setup):
+    import json
+
+    from tests.cli_runner import run_cli
+
+    weights, root = setup
+    base = ("eval", weights, "--dataset", "voc", "--root", root, "--protocol", "whole", "--device", "cpu")
+    base += ("--quiet", "--json", "--workers", "0", "--limit", "2")
+    code, _, err = run_cli(*base, "--amp", "fp16")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--amp fp16" in err, err
+    runs = {}
+    for amp in ("bf16", "off"):
+        code, out, err = run_cli(*base, "--amp", amp)
+        assert code == 0, err
+        runs[amp] = json.loads(out)
+    assert runs["bf16"]["runtime"]["autocast"] == "bfloat16" and runs["off"]["runtime"]["autocast"] is None
+    assert np.array(runs["bf16"]["confusion_matrix"]).sum() == np.array(runs["off"]["confusion_matrix"]).sum() > 0

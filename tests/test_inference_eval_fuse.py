@@ -89,7 +89,7 @@ def test_no_fuse_eval_is_the_plain_module_exactly_and_fused_eval_agrees_off_ties
 
     fused = _eval(weights, root, tmp_path / "fused")
     assert fused["fused_layers"] > 100  # every BatchNorm + Scale of the ResNet-101 folded
-    assert fused["runtime"]["channels_last"] is False  # the CPU default
+    assert fused["runtime"]["channels_last"] is True  # the inference form's layout, on the CPU too
     _agrees_off_ties(fused, tmp_path / "fused", names, preds, gaps, conf, got)
 
 
@@ -111,10 +111,10 @@ def _agrees_off_ties(result, out, names, preds, gaps, conf, got) -> None:
     assert fconf.sum() == got.sum()
 
 
-def test_channels_last_eval_agrees_with_the_plain_module_off_ties(setup, tmp_path):
+def test_nchw_fused_eval_agrees_with_the_plain_module_off_ties(setup, tmp_path):
     weights, root, voc, names = setup
     conf, preds, gaps = _by_hand(weights, voc, names)
     got = np.array(_eval(weights, root, tmp_path / "plain", "--no-fuse")["confusion_matrix"])
-    nhwc = _eval(weights, root, tmp_path / "cl", "--channels-last")
-    assert nhwc["runtime"]["channels_last"] is True and nhwc["fused_layers"] > 100
-    _agrees_off_ties(nhwc, tmp_path / "cl", names, preds, gaps, conf, got)
+    nchw = _eval(weights, root, tmp_path / "nchw", "--no-channels-last")
+    assert nchw["runtime"]["channels_last"] is False and nchw["fused_layers"] > 100
+    _agrees_off_ties(nchw, tmp_path / "nchw", names, preds, gaps, conf, got)

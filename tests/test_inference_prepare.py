@@ -56,15 +56,22 @@ def test_check_refuses_a_fold_that_is_not_exact(weights, monkeypatch):
         segconvert.load_model(path, fuse=True, check=True)
 
 
-def test_channels_last_gives_the_same_output(weights):
+def test_the_inference_form_is_channels_last_and_gives_the_nchw_output(weights):
     path, x = weights
-    model = segconvert.load_model(path, fuse=True)
+
+    def first_conv(model):
+        return next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).weight
+
+    cl = segconvert.load_model(path, fuse=True)  # the default inference form
+    nchw = prepare_model(segconvert.load_model(path), channels_last=False)
+    plain = prepare_model(segconvert.load_model(path), fuse=False)
+    assert cl.segconvert_channels_last is True and first_conv(cl).is_contiguous(memory_format=torch.channels_last)
+    assert not first_conv(cl).is_contiguous()
+    for model in (nchw, plain):
+        assert model.segconvert_channels_last is False and first_conv(model).is_contiguous()
     with torch.no_grad():
-        ref = model(x)
-        cl = prepare_model(segconvert.load_model(path), channels_last=True)
+        ref = nchw(x)
         got = cl(x.contiguous(memory_format=torch.channels_last))
-    conv = next(m for m in cl.modules() if isinstance(m, torch.nn.Conv2d))
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     # a different convolution kernel only reorders the float32 sums: within the fixtures' end-to-end bound
     assert (got - ref).abs().max() <= 2e-3 * ref.abs().max()
 

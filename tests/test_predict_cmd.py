@@ -72,6 +72,9 @@ def test_benchmark_command_json(setup):
     assert res["input_shapes"] == [[1, 3, 513, 513]] or res["input_shapes"][0][:2] == [1, 3]
     assert res["median_ms"] > 0 and res["images_per_second"] > 0 and res["settings"]["fused"] is True
     assert res["settings"]["flush_denormal"] is True  # the default, as TensorFlow's CPU runtime
+    assert res["settings"]["channels_last"] is True  # the inference form's layout
     assert (torch.tensor([1e-39]) * 3.0).item() != 0  # the command reset this (the test's) thread afterwards
     code, out, err = run_cli("benchmark", w, "--runs", "1", "--warmup", "0", "--json", "--keep-denormal")
     assert code == 0 and json.loads(out)["settings"]["flush_denormal"] is False, err
+    code, out, err = run_cli("benchmark", w, "--runs", "1", "--warmup", "0", "--json", "--no-fuse")
+    assert code == 0 and json.loads(out)["settings"]["channels_last"] is False, err  # the plain module: NCHW

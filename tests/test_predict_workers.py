@@ -119,11 +119,11 @@ def test_a_budget_that_batches_several_crops_writes_the_one_crop_files(setup, mo
     assert both == one
 
 
-def test_channels_last_runs_nhwc_crops_and_writes_the_same_labels(setup, monkeypatch):
-    import segconvert.eval.protocols as protocols
-
+def test_the_inference_form_runs_nhwc_crops_by_default_and_writes_the_nchw_labels(setup, monkeypatch):
     layouts: list[bool] = []
-    forward = protocols.forward_batch
+    from segconvert.eval import crops
+
+    forward = crops.forward_batch
 
     def seen(model, x, rt):  # the model's weights and the crops as the forward gets them
         w = next(model.parameters())
@@ -132,12 +132,18 @@ def test_channels_last_runs_nhwc_crops_and_writes_the_same_labels(setup, monkeyp
         return forward(model, x, rt)
 
     _patch_forward(monkeypatch, seen)
-    plain = _predict(setup, "cl0", "--workers", "0")
-    assert layouts and not any(layouts)  # the CPU default: NCHW
-    layouts.clear()
-    nhwc = _predict(setup, "cl1", "--workers", "0", "--channels-last")
-    assert layouts and all(layouts)
-    assert nhwc == plain  # argmax of the same sums up to reduction order: the same PNGs
+    runs = {}
+    for name, opts, nhwc in (
+        ("cl_default", (), True),  # fused: the inference form is channels_last on the CPU too
+        ("cl_off", ("--no-channels-last",), False),
+        ("cl_plain", ("--no-fuse",), False),  # the plain module keeps today's CPU default
+        ("cl_plain_on", ("--no-fuse", "--channels-last"), True),
+    ):
+        layouts.clear()
+        runs[name] = _predict(setup, name, "--workers", "0", *opts)
+        assert layouts and all(v == nhwc for v in layouts), name
+    first = runs.pop("cl_default")
+    assert all(r == first for r in runs.values())  # argmax of the same sums up to reduction order
 
 
 @pytest.mark.parametrize(
@@ -180,3 +186,46 @@ def test_predict_takes_the_eval_options_with_their_help():
         return {p.name: (p.opts, p.secondary_opts, p.help) for p in cmd.params if p.name in names}
 
     assert opts(predict) == opts(eval_cmd) and len(opts(predict)) == 3
+
+
+def test_amp_takes_a_dtype_and_refuses_fp16_on_the_cpu_before_any_output(setup):
+    weights, folder, tmp = setup
+    code, _, err = run_cli("predict", weights, folder, "-o", tmp / "fp16", *PREP, "--amp", "fp16")
+    assert code == 2 and "fp16" in err and "bf16" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp / "fp16").exists()
+    seen: list[object] = []
+    from segconvert.eval import crops
+
+    forward = crops.forward_batch
+
+    def record(model, x, rt):
+        seen.append(rt.autocast_dtype)
+        return forward(model, x, rt)
+
+    import pytest as _pytest
+
+    with _pytest.MonkeyPatch.context() as mp:
+        _patch_forward(mp, record)
+        bf16 = _predict(setup, "bf16", "--workers", "0", "--amp", "bf16")
+        assert seen and set(seen) == {torch.bfloat16}
+        seen.clear()
+        off = _predict(setup, "off", "--workers", "0", "--amp", "off")
+        assert seen and set(seen) == {None}
+    assert off == _predict(setup, "fp32", "--workers", "0")  # off is the CPU default
+    assert bf16.keys() == off.keys()
+
+
+def test_compile_runs_the_compiled_inference_form_and_writes_the_same_labels(setup, monkeypatch):
+    import segconvert.inference.prepare as prepare
+
+    compiled: list[bool] = []
+    real = torch.compile
+
+    def spy(model, **kw):
+        compiled.append(True)
+        return real(model, backend="aot_eager", **kw)  # dynamo + AOT autograd graphs, no C++ build in CI
+
+    monkeypatch.setattr(prepare.torch, "compile", spy)
+    got = _predict(setup, "compiled", "--workers", "0", "--compile")
+    assert compiled == [True]
+    assert got == _predict(setup, "not_compiled", "--workers", "0")

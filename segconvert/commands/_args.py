@@ -140,11 +140,38 @@ class _Bounded(click.ParamType):
         return number
 
 
+def _amp_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | bool | None:
+    return False if value == "off" else value
+
+
+AMP_OPTION = click.option(
+    "--amp",
+    type=click.Choice(["bf16", "fp16", "off"]),
+    default=None,
+    callback=_amp_value,
+    help="Autocast dtype of the forwards (default: fp16 on CUDA, off on the CPU; fp16 needs a GPU).",
+)
+COMPILE_OPTION = click.option(
+    "--compile", "compile_", is_flag=True, help="torch.compile the inference form (compile time in the first images)."
+)
+
+
+def check_amp(amp: str | bool | None, device: Any) -> None:
+    """``--amp fp16`` on a CPU as one line (exit 2), before any forward."""
+    if isinstance(amp, str):
+        from segconvert.inference.prepare import amp_dtype
+
+        try:
+            amp_dtype(amp, device)
+        except ValueError as exc:
+            raise SegconvertError(f"--amp {amp}: {exc}") from None
+
+
 CHANNELS_LAST_OPTION = click.option(
     "--channels-last/--no-channels-last",
     default=None,
-    help="NHWC memory for weights and crops (default: on CUDA only; on the CPU the faster setting for "
-    "depthwise / Keras nets).",
+    help="NHWC memory for weights and crops (default: on with the inference form, on every device; with "
+    "--no-fuse on CUDA only).",
 )
 
 

@@ -13,7 +13,11 @@ import click
 @click.option("--batch", type=int, default=1, show_default=True, help="Images per forward.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, mps, auto.")
 @click.option("--amp", type=click.Choice(["bf16", "fp16"]), default=None, help="Autocast dtype (default: float32).")
-@click.option("--channels-last", is_flag=True, help="channels_last memory format for weights and input.")
+@click.option(
+    "--channels-last/--no-channels-last",
+    default=None,
+    help="channels_last memory format for weights and input (default: on when fused, off with --no-fuse).",
+)
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (compile time is in warm-up).")
 @click.option("--no-fuse", is_flag=True, help="Time the plain converted module (no BatchNorm folding).")
 @click.option("--no-onednn", is_flag=True, help="Fused, but convolutions through eager F.conv2d (no oneDNN pass).")
@@ -41,7 +45,7 @@ def benchmark(
     batch: int,
     device: str,
     amp: str | None,
-    channels_last: bool,
+    channels_last: bool | None,
     compile_: bool,
     no_fuse: bool,
     no_onednn: bool,
@@ -94,6 +98,7 @@ def benchmark(
             source=weights,
         )
         onednn = getattr(model, "segconvert_onednn", None)
+        channels_last = bool(getattr(model, "segconvert_channels_last", False))
         settings = {
             "fused": not no_fuse,
             "onednn": bool(onednn and onednn.convs),

@@ -10,10 +10,13 @@ from typing import Any
 import click
 
 from segconvert.commands._args import (
+    AMP_OPTION,
     CHANNELS_LAST_OPTION,
+    COMPILE_OPTION,
     DATASET_CHOICE,
     ExistingPath,
     ProtocolChoice,
+    check_amp,
     preprocessing_options,
     resolve_preprocessing,
 )
@@ -64,8 +67,9 @@ def _run_options(f: Any) -> Any:
             default=None,
             help="Processes decoding images (default: half the CPUs, at most 4; 0: in the main process).",
         ),
-        click.option("--amp/--no-amp", default=None, help="Autocast: float16 on CUDA (default on), bfloat16 on CPU."),
+        AMP_OPTION,
         CHANNELS_LAST_OPTION,
+        COMPILE_OPTION,
         click.option("--json", "as_json", is_flag=True, help="Print the results as JSON."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
         click.option("--no-fuse", is_flag=True, help="Run the plain converted module (no BatchNorm folding)."),
@@ -109,6 +113,7 @@ def _run(model: Any, ds: Any, proto: Any, dev: Any, run: dict[str, Any], preproc
 
     if run.get("batch_size") and run.get("batch_memory"):
         raise click.UsageError("give --batch-size (crops per forward) or --batch-memory (a budget), not both")
+    check_amp(run.get("amp"), dev)
     result, bench = run_cli_evaluation(model, ds, proto, dev, run, preprocessing)
     if bench:
         click.echo(bench, err=True)

@@ -9,8 +9,11 @@ from typing import Any
 import click
 
 from segconvert.commands._args import (
+    AMP_OPTION,
+    COMPILE_OPTION,
     DATASET_CHOICE,
     ProtocolChoice,
+    check_amp,
     preprocessing_options,
     resolve_preprocessing,
     throughput_options,
@@ -50,7 +53,8 @@ def _images(paths: tuple[str, ...]) -> list[tuple[Path, str]]:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
 @click.option("--batch-size", type=int, default=None, help="Crops per forward (default: 8 on CUDA, 1 on CPU).")
 @throughput_options
-@click.option("--amp/--no-amp", default=None, help="Autocast: float16 on CUDA (default on), bfloat16 on CPU.")
+@AMP_OPTION
+@COMPILE_OPTION
 @click.option("--no-fuse", is_flag=True, help="Run the plain converted module (no BatchNorm folding).")
 @click.option("--no-onednn", is_flag=True, help="Fused, but convolutions through eager F.conv2d (no oneDNN pass).")
 @preprocessing_options
@@ -69,7 +73,8 @@ def predict(
     batch_memory: float | None,
     workers: int | None,
     channels_last: bool | None,
-    amp: bool | None,
+    amp: str | bool | None,
+    compile_: bool,
     no_fuse: bool,
     no_onednn: bool,
     mean: str | None,
@@ -106,12 +111,18 @@ def predict(
         scale_values = parse_scales(scales)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    check_amp(amp, dev)
     recorded = lib.recorded_preprocessing(meta)
     prep = None  # the weights' own (segconvert.inference.predict)
     if recorded is None or mean is not None or std is not None or bgr is not None:
         prep = resolve_preprocessing(weights, meta, mean, std, bgr, recorded=recorded or {})
     on_cpu_amp = bool(amp) and dev.type == "cpu"  # bf16 autocast: the oneDNN modules would fall back anyway
-    model = load_model(weights, device=str(dev), fuse=not no_fuse, onednn=False if no_onednn or on_cpu_amp else None)
+    model = load_model(weights, device=str(dev))
+    if not no_fuse or compile_:  # the inference form (or the plain module, compiled); --no-fuse: as loaded
+        from segconvert.inference.prepare import prepare_model
+
+        onednn = False if no_onednn or on_cpu_amp else None
+        model = prepare_model(model, fuse=not no_fuse, onednn=onednn, compile=compile_, source=weights)
     palette = lib.palette_for(meta, dataset)
     names = lib.class_names_for(meta, dataset)
     bar = tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr, disable=quiet or len(files) < 2)

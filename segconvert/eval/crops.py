@@ -58,18 +58,29 @@ class Runtime:
     """Where and how crops run: device, crops per forward, memory format and autocast.
 
     Defaults follow the device: on CUDA 8 crops per forward, channels_last and float16 autocast; on CPU one
-    crop at a time (batching measured within 10 % of it there), contiguous, float32. ``amp=True`` on CPU selects
-    bfloat16 autocast; ``amp=False`` / ``channels_last=False`` switch them off anywhere. ``batch_memory``
+    crop at a time (batching measured within 10 % of it there), contiguous, float32 -- :meth:`for_model`
+    takes the memory format of an inference form (channels_last) instead. ``amp``: ``"bf16"`` / ``"fp16"``
+    (fp16 on GPUs only), True (the device's usual one: fp16 on CUDA, bf16 on CPU) or False (off anywhere);
+    ``channels_last=False`` switches channels_last off anywhere. ``batch_memory``
     (MiB, used when ``batch_size`` is not given): crops per forward from that budget, measured per crop size
     on the first crop (:mod:`segconvert.eval.batching`).
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int | None = None
-    amp: bool | None = None
+    amp: bool | str | None = None
     channels_last: bool | None = None
     batch_memory: float | None = None
     fitted: dict[tuple[int, ...], int] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def for_model(cls, model: nn.Module, device: torch.device, *args: Any, **kwargs: Any) -> Runtime:
+        """A runtime whose memory format, when ``channels_last`` is not given, is the model's own choice
+        (``segconvert_channels_last``: set by ``prepare_model``; absent on a plain module: the device's)."""
+        rt = cls(device, *args, **kwargs)
+        if rt.channels_last is None:
+            rt.channels_last = getattr(model, "segconvert_channels_last", None)
+        return rt
 
     @property
     def crops_per_forward(self) -> int:
@@ -97,8 +108,12 @@ class Runtime:
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        """float16 on CUDA (unless ``amp=False``), bfloat16 on CPU only when ``amp=True``, else None."""
+        """float16 on CUDA (unless ``amp`` says otherwise), on CPU only when asked (bf16), else None."""
         kind = self.device.type
+        if isinstance(self.amp, str):
+            from segconvert.inference.prepare import amp_dtype
+
+            return amp_dtype(self.amp, self.device)
         if self.amp is False or (self.amp is None and kind != "cuda"):
             return None
         return {"cuda": torch.float16, "cpu": torch.bfloat16}.get(kind)

@@ -141,7 +141,8 @@ def evaluate(
 ) -> EvalResult:
     """Predict every image with ``protocol`` and score it with the dataset's metric (accumulated on device).
 
-    ``batch_size``, ``amp`` and ``channels_last`` default by device (see :class:`Runtime`); ``batch_memory``
+    ``batch_size``, ``amp`` and ``channels_last`` default by device (see :class:`Runtime`; the inference form
+    of ``prepare_model`` runs channels_last on every device); ``batch_memory``
     (MiB): crops per forward from a memory budget instead (``batch_size`` wins when both are given).
     ``workers``: images and ground truth decoded, and resized to the protocol's scales
     (:meth:`Protocol.resized_images`, on the CPU whatever the device), by that many DataLoader worker
@@ -155,7 +156,7 @@ def evaluate(
     dev = dist_eval.rank_device(resolve_device(device))
     rank, world, created = dist_eval.join_group(dev) if dist_eval.world_info()[2] > 1 else (0, 1, False)
     prep = preprocessing or Preprocessing.from_model(model)
-    rt = Runtime(dev, batch_size, amp, channels_last, batch_memory=batch_memory)
+    rt = Runtime.for_model(model, dev, batch_size, amp, channels_last, batch_memory=batch_memory)
     model = model.eval().to(dev, memory_format=rt.memory_format)
     timed = _TimedForward(model, dev) if time_network else None
     if timed is not None:

@@ -39,12 +39,14 @@ def run_cli_evaluation(
     from segconvert.inference.memory import fix_mmap_threshold
 
     fix_mmap_threshold()
-    if not run.get("no_fuse"):
+    fuse, compile_ = not run.get("no_fuse"), bool(run.get("compile_"))
+    if fuse or compile_:  # --no-fuse alone: the plain module, as loaded
         from segconvert.inference.prepare import prepare_model
 
         cpu_amp = bool(run.get("amp")) and getattr(dev, "type", str(dev)) == "cpu"  # bf16: no oneDNN pass
         onednn = False if run.get("no_onednn") or cpu_amp else None
-        model = prepare_model(model, fuse=True, onednn=onednn)  # the inference form; the weights file is not touched
+        # the inference form (or the plain module, compiled); the weights file is not touched
+        model = prepare_model(model, fuse=fuse, onednn=onednn, compile=compile_)
     workers = run.get("workers")
     result = evaluate(
         model,

@@ -193,7 +193,8 @@ def _setup(
     if preprocessing is None:
         meta = getattr(model, "segconvert_meta", None) or {}
         preprocessing = Preprocessing.from_meta(recorded_preprocessing(meta) or None)
-    return _Setup(preprocessing, Runtime(dev, batch_size, amp, channels_last, batch_memory=batch_memory))
+    rt = Runtime.for_model(model, dev, batch_size, amp, channels_last, batch_memory=batch_memory)
+    return _Setup(preprocessing, rt)
 
 
 def predict_scores(

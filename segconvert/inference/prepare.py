@@ -56,7 +56,7 @@ def prepare_model(
     *,
     fuse: bool = True,
     check: bool = False,
-    channels_last: bool = False,
+    channels_last: bool | None = None,
     compile: bool = False,
     onednn: bool | None = None,
     inputs: Sequence[torch.Tensor] | None = None,
@@ -67,7 +67,9 @@ def prepare_model(
     ``fuse``: :func:`segconvert.inference.fuse.fuse_model`; ``check``: compare it with the unfused model on
     ``inputs`` (default: the metadata's synthetic input) and raise :class:`WeightsFileError` naming ``source``
     when a folded layer is off by more than 1e-5 x its magnitude. ``channels_last``: the weights' memory
-    format; ``compile``: ``torch.compile`` (the returned module is the compiled wrapper, metadata kept).
+    format (None: channels_last when fused -- the inference form's, on every device -- else as loaded; kept
+    as ``model.segconvert_channels_last``, which eval / predict follow for their crops); ``compile``:
+    ``torch.compile`` (the returned module is the compiled wrapper, metadata kept).
     Softmax modules become layout-aware (:mod:`segconvert.inference.layout`). ``onednn``: after folding,
     run the convolutions (+ the activation reading each alone) as oneDNN fused
     primitives (:mod:`segconvert.inference.onednn`); None: when it is exact and possible -- fused, not
@@ -90,9 +92,12 @@ def prepare_model(
             del reference
             if not result.ok():
                 raise WeightsFileError(f"fused model differs from the unfused one: {result.describe()}", file=source)
+    if channels_last is None:
+        channels_last = fuse
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     layout_aware(model)
+    model.segconvert_channels_last = bool(channels_last)
     model.segconvert_fuse = report
     model.segconvert_onednn = None
     if onednn is None:
@@ -105,5 +110,6 @@ def prepare_model(
         compiled = torch.compile(model, dynamic=True)
         compiled.segconvert_meta = meta  # type: ignore[attr-defined]
         compiled.segconvert_fuse = report  # type: ignore[attr-defined]
+        compiled.segconvert_channels_last = bool(channels_last)  # type: ignore[attr-defined]
         return compiled  # type: ignore[return-value]
     return model
