@@ -6,10 +6,11 @@ their real fixture weights instead), converted with ``segconvert caffe2torch``, 
 own fresh process with the same thread count, alternating, ``--repeat`` times:
 
 - ``eager``: ``segconvert.load_model(weights)`` (the plain converted module);
-- ``fused``: ``segconvert.load_model(weights, fuse=True)`` (BatchNorm / Scale folded, in-place activations,
-  convolutions + their ReLU as oneDNN primitives: :mod:`segconvert.inference.onednn`);
-- ``fused_nodnn``: the same without the oneDNN pass (``onednn=False``: eager ``F.conv2d``, ReLU separate);
-- ``fused_cl``: ``fused`` with weights and input in channels_last memory;
+- ``fused``: ``segconvert.load_model(weights, fuse=True)``, the inference form eval / predict / benchmark run
+  (BatchNorm / Scale folded, in-place activations, convolutions + their ReLU as oneDNN primitives:
+  :mod:`segconvert.inference.onednn`; weights and input channels_last);
+- ``fused_nchw``: the same in NCHW memory (``prepare_model(channels_last=False)``, ``--no-channels-last``);
+- ``fused_nodnn``: ``fused`` without the oneDNN pass (``onednn=False``: eager ``F.conv2d``, ReLU separate);
 - ``opencv``: ``cv2.dnn.readNetFromCaffe`` on the same net (the OpenCV-readable twin segconvert's parity
   runner writes: PSPNet's ``BN`` as BatchNorm + Scale, ``Interp`` as OpenCV's), OpenCV's default fusion on.
 
@@ -60,7 +61,7 @@ NETS = {
     "pspnet50": ("pspnet50_ade20k_473", 473, 473),
     "deeplab_v2": ("deeplab_v2_resnet101_msc", 513, 129),
 }
-RUNNERS = ("eager", "fused", "fused_nodnn", "fused_cl", "opencv")
+RUNNERS = ("eager", "fused", "fused_nchw", "fused_nodnn", "opencv")
 
 
 # ------------------------------------------------------------------------------------------ children
@@ -95,11 +96,15 @@ def _child(args: argparse.Namespace) -> None:
         import segconvert
 
         torch.set_num_threads(args.threads)
-        fuse, cl = args.child != "eager", args.child == "fused_cl"
-        model = segconvert.load_model(args.weights, fuse=fuse, onednn=False if args.child == "fused_nodnn" else None)
+        from segconvert.inference.prepare import prepare_model
+
+        model = segconvert.load_model(args.weights)
+        if args.child != "eager":
+            onednn = False if args.child == "fused_nodnn" else None
+            model = prepare_model(model, onednn=onednn, channels_last=args.child != "fused_nchw")
         xt = torch.from_numpy(x)
-        if cl:
-            model, xt = model.to(memory_format=torch.channels_last), xt.contiguous(memory_format=torch.channels_last)
+        if getattr(model, "segconvert_channels_last", False):  # as eval / benchmark feed the inference form
+            xt = xt.contiguous(memory_format=torch.channels_last)
         stages["loaded"] = peak_rss()
 
         def forward() -> None:
@@ -303,7 +308,7 @@ def main() -> None:
         ratios = [f"{k} {r[k]:.2f}" for k in ("fused_vs_eager", "fused_vs_opencv", "rss_fused_over_opencv") if k in r]
         ratios += [
             f"{k} vs fused {m[k] / m['fused']:.2f}x time"
-            for k in ("fused_nodnn", "fused_cl")
+            for k in ("fused_nchw", "fused_nodnn")
             if k in m and "fused" in m
         ]
         print("  " + ", ".join(ratios))

@@ -7,9 +7,9 @@ Families: Fast-SCNN and DeepLabV3+ MobileNetV2 (output stride 16), full width, b
 - ``keras``: tf_keras ``model(x, training=False)`` inside ``tf.function`` (graph mode, as ``model.predict``
   runs it: Grappler / oneDNN fusions); ``keras_eager``: the same call eagerly (layer by layer);
 - ``eager``: ``segconvert.load_model(file)`` as it comes (one module per Keras layer, BN separate);
-- ``fused``: ``load_model(file, fuse=True)``, the form ``segconvert benchmark`` / ``predict`` use (BN folded
+- ``fused``: ``load_model(file, fuse=True)`` in NCHW memory (``--no-channels-last``; BN folded
   into the convolutions, in-place activations);
-- ``fused_cl``: that in channels_last memory (``segconvert benchmark --channels-last``);
+- ``fused_cl``: that in channels_last memory, the form ``segconvert benchmark`` / ``predict`` run by default;
 - ``fused_nodnn`` / ``fused_cl_nodnn``: the same without the oneDNN convolution pass (``--no-onednn``:
   eager ``F.conv2d``, activations separate), for A/B;
 - ``--allocators`` adds ``fused_thp`` (``THP_MEM_ALLOC_ENABLE=1``: PyTorch's CPU allocations on huge pages) and
@@ -115,7 +115,10 @@ TIME_TORCH = (
     torch.set_flush_denormal(True)  # as segconvert benchmark and TF's CPU runtime; before the thread pool starts
     if threads:
         torch.set_num_threads(threads)
-    m = load_model(path, device=device, fuse=bool(fuse), onednn=None if dnn else False)
+    from segconvert.inference.prepare import prepare_model
+    m = load_model(path, device=device)
+    if fuse:  # the inference form, in NHWC memory (its default) or NCHW
+        m = prepare_model(m, onednn=None if dnn else False, channels_last=bool(cl))
     x = torch.rand(batch, 3, h, w, device=device) * 2 - 1
     if cl:  # NHWC memory: the same values, oneDNN's NHWC depthwise / 1x1 kernels (TF's layout)
         m, x = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)

@@ -87,7 +87,7 @@ def test_no_fuse_eval_is_the_plain_module_exactly_and_fused_eval_agrees_off_ties
     for name, pred in zip(names, preds, strict=True):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "plain" / "labels" / f"{name}.png")), pred)
 
-    fused = _eval(weights, root, tmp_path / "fused")
+    fused = _eval(weights, root, tmp_path / "fused", "--check")  # verified against the plain module at load
     assert fused["fused_layers"] > 100  # every BatchNorm + Scale of the ResNet-101 folded
     assert fused["runtime"]["channels_last"] is True  # the inference form's layout, on the CPU too
     _agrees_off_ties(fused, tmp_path / "fused", names, preds, gaps, conf, got)

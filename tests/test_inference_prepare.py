@@ -56,6 +56,32 @@ def test_check_refuses_a_fold_that_is_not_exact(weights, monkeypatch):
         segconvert.load_model(path, fuse=True, check=True)
 
 
+@pytest.mark.parametrize("command", ["benchmark", "predict"])
+def test_cli_check_refuses_a_fold_that_is_not_exact_in_one_line(weights, monkeypatch, tmp_path, command):
+    path, _ = weights
+    import segconvert.inference.fuse as fuse_mod
+
+    real = fuse_mod._fold_into
+
+    def broken(conv, chain):
+        real(conv, chain)
+        with torch.no_grad():
+            conv.weight.mul_(1.001)
+
+    monkeypatch.setattr(fuse_mod, "_fold_into", broken)
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(image)
+    extra = ("--runs", "1", "--warmup", "0") if command == "benchmark" else (image, "-o", tmp_path / "out")
+    code, out, err = run_cli(command, path, *extra, "--check", "--device", "cpu")
+    assert code != 0 and "fused model differs from the unfused one" in err and path.name in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out" / "labels").exists()
+    monkeypatch.setattr(fuse_mod, "_fold_into", real)
+    code, out, err = run_cli(command, path, *extra, "--check", "--device", "cpu")
+    assert code == 0, err
+
+
 def test_the_inference_form_is_channels_last_and_gives_the_nchw_output(weights):
     path, x = weights
 

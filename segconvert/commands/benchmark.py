@@ -6,6 +6,8 @@ import json
 
 import click
 
+from segconvert.commands._args import CHECK_OPTION
+
 
 @click.command("benchmark")
 @click.argument("weights", type=click.Path(exists=True, dir_okay=False))
@@ -20,6 +22,7 @@ import click
 )
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (compile time is in warm-up).")
 @click.option("--no-fuse", is_flag=True, help="Time the plain converted module (no BatchNorm folding).")
+@CHECK_OPTION
 @click.option("--no-onednn", is_flag=True, help="Fused, but convolutions through eager F.conv2d (no oneDNN pass).")
 @click.option(
     "--keep-freed-memory/--release-freed-memory",
@@ -48,6 +51,7 @@ def benchmark(
     channels_last: bool | None,
     compile_: bool,
     no_fuse: bool,
+    check: bool,
     no_onednn: bool,
     keep_freed_memory: bool,
     flush_denormal: bool,
@@ -91,6 +95,7 @@ def benchmark(
         model = prepare_model(
             model,
             fuse=not no_fuse,
+            check=check and not no_fuse,
             channels_last=channels_last,
             compile=compile_,
             onednn=False if no_onednn or dtype is not None else None,

@@ -12,6 +12,7 @@ import click
 from segconvert.commands._args import (
     AMP_OPTION,
     CHANNELS_LAST_OPTION,
+    CHECK_OPTION,
     COMPILE_OPTION,
     DATASET_CHOICE,
     ExistingPath,
@@ -70,6 +71,7 @@ def _run_options(f: Any) -> Any:
         AMP_OPTION,
         CHANNELS_LAST_OPTION,
         COMPILE_OPTION,
+        CHECK_OPTION,
         click.option("--json", "as_json", is_flag=True, help="Print the results as JSON."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
         click.option("--no-fuse", is_flag=True, help="Run the plain converted module (no BatchNorm folding)."),
@@ -107,14 +109,16 @@ def _preprocessing(weights: str, meta: dict[str, Any], mean: str | None, std: st
     return resolve_preprocessing(weights, meta, mean, std, None if order is None else order.upper() == "BGR")
 
 
-def _run(model: Any, ds: Any, proto: Any, dev: Any, run: dict[str, Any], preprocessing: Any = None) -> Any:
+def _run(
+    model: Any, ds: Any, proto: Any, dev: Any, run: dict[str, Any], preprocessing: Any = None, source: Any = None
+) -> Any:
     """:func:`segconvert.eval.session.run_cli_evaluation`, printing its ``--benchmark`` line on stderr."""
     from segconvert.eval.session import run_cli_evaluation
 
     if run.get("batch_size") and run.get("batch_memory"):
         raise click.UsageError("give --batch-size (crops per forward) or --batch-memory (a budget), not both")
     check_amp(run.get("amp"), dev)
-    result, bench = run_cli_evaluation(model, ds, proto, dev, run, preprocessing)
+    result, bench = run_cli_evaluation(model, ds, proto, dev, run, preprocessing, source=source)
     if bench:
         click.echo(bench, err=True)
     return result
@@ -174,7 +178,7 @@ def eval_cmd(
     if base_size and name in ("pspnet", "semseg"):
         overrides["base_size"] = base_size
     proto = _make_protocol(name, dataset, scales, flip, **overrides)
-    result = _run(model, ds, proto, dev, run, prep)
+    result = _run(model, ds, proto, dev, run, prep, source=weights)
     result.info["weights"] = str(weights)
     from segconvert.eval.distributed import is_main_process
 
@@ -376,7 +380,7 @@ def reproduce(
     limit = run["limit"]
     if limit is not None and limit < len(ds):
         notes.append(f"only {limit} of {len(ds)} images: the comparison is indicative only")
-    result = _run(model, ds, proto, dev, run)
+    result = _run(model, ds, proto, dev, run, source=weights)
     from segconvert.eval.distributed import is_main_process
 
     if not is_main_process():  # torchrun: every rank holds the reduced result; rank 0 prints the comparison

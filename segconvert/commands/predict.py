@@ -10,6 +10,7 @@ import click
 
 from segconvert.commands._args import (
     AMP_OPTION,
+    CHECK_OPTION,
     COMPILE_OPTION,
     DATASET_CHOICE,
     ProtocolChoice,
@@ -55,6 +56,7 @@ def _images(paths: tuple[str, ...]) -> list[tuple[Path, str]]:
 @throughput_options
 @AMP_OPTION
 @COMPILE_OPTION
+@CHECK_OPTION
 @click.option("--no-fuse", is_flag=True, help="Run the plain converted module (no BatchNorm folding).")
 @click.option("--no-onednn", is_flag=True, help="Fused, but convolutions through eager F.conv2d (no oneDNN pass).")
 @preprocessing_options
@@ -75,6 +77,7 @@ def predict(
     channels_last: bool | None,
     amp: str | bool | None,
     compile_: bool,
+    check: bool,
     no_fuse: bool,
     no_onednn: bool,
     mean: str | None,
@@ -122,7 +125,8 @@ def predict(
         from segconvert.inference.prepare import prepare_model
 
         onednn = False if no_onednn or on_cpu_amp else None
-        model = prepare_model(model, fuse=not no_fuse, onednn=onednn, compile=compile_, source=weights)
+        check = check and not no_fuse
+        model = prepare_model(model, fuse=not no_fuse, check=check, onednn=onednn, compile=compile_, source=weights)
     palette = lib.palette_for(meta, dataset)
     names = lib.class_names_for(meta, dataset)
     bar = tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr, disable=quiet or len(files) < 2)

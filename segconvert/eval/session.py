@@ -28,9 +28,10 @@ def check_model_fits(weights: str, meta: Mapping[str, Any], ds: Any) -> None:
 
 
 def run_cli_evaluation(
-    model: Any, ds: Any, proto: Any, dev: Any, run: Mapping[str, Any], preprocessing: Any = None
+    model: Any, ds: Any, proto: Any, dev: Any, run: Mapping[str, Any], preprocessing: Any = None, source: Any = None
 ) -> tuple[EvalResult, str | None]:
-    """(result, the ``--benchmark`` line or None). ``run``: the click values of the shared run options.
+    """(result, the ``--benchmark`` line or None). ``run``: the click values of the shared run options;
+    ``source``: the weights file, named by a failed ``--check``.
 
     The process's glibc mmap threshold is pinned first (:mod:`segconvert.inference.memory`: freed
     activations go back to the system; results unchanged)."""
@@ -46,7 +47,8 @@ def run_cli_evaluation(
         cpu_amp = bool(run.get("amp")) and getattr(dev, "type", str(dev)) == "cpu"  # bf16: no oneDNN pass
         onednn = False if run.get("no_onednn") or cpu_amp else None
         # the inference form (or the plain module, compiled); the weights file is not touched
-        model = prepare_model(model, fuse=fuse, onednn=onednn, compile=compile_)
+        check = bool(run.get("check")) and fuse
+        model = prepare_model(model, fuse=fuse, check=check, onednn=onednn, compile=compile_, source=source)
     workers = run.get("workers")
     result = evaluate(
         model,
