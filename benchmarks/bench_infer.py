@@ -35,6 +35,11 @@ now the model is built on the meta device and given the file's tensors, and fold
 Left: ~190 MB of libtorch pages, ~80 MB of Python modules the meta-device fusion trace imports, and
 oneDNN's per-call weight / input reorder of that conv (+107 MB, +51 MB with channels_last).
 
+``--keras``: in the same run, the converted Keras families (Fast-SCNN, DeepLabV3+ MobileNetV2 at 512x1024)
+against graph-mode tf_keras with the same thread count (``bench_keras.py``'s runners ``keras``, ``eager``,
+``fused_cl`` -- the inference form -- and ``fused_cl_malloc``, freed memory kept as ``segconvert benchmark``
+does; two interleaved rounds of fresh processes).
+
 ``--gpu``: the PSPNet101 Cityscapes protocol (713 sliding, flip) over ``--images`` synthetic 1024x2048 images
 on CUDA with bf16 autocast (images/s, network / protocol split, ``torch.cuda.max_memory_allocated``).
 
@@ -262,6 +267,14 @@ def _gpu(args: argparse.Namespace) -> dict:
     }
 
 
+def _keras(args: argparse.Namespace) -> list[dict]:
+    """bench_keras.py's rows for the inference form and graph-mode tf_keras, at this run's thread count."""
+    cmd = [sys.executable, str(HERE / "bench_keras.py"), "--threads", str(args.threads), "--rounds", "2", "--json"]
+    cmd += ["--runtimes", "keras", "eager", "fused_cl", "fused_cl_malloc", "--allocators"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="width-reduced fixture nets (seconds, not minutes)")
@@ -271,6 +284,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--runners", nargs="+", choices=RUNNERS, default=list(RUNNERS))
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--keras", action="store_true", help="also the Keras families against tf_keras (bench_keras)")
     ap.add_argument("--gpu", action="store_true", help="the CUDA Cityscapes protocol run instead")
     ap.add_argument("--images", type=int, default=500)
     ap.add_argument("--gpu-batch", type=int, default=8)
@@ -290,6 +304,8 @@ def main() -> None:
         return
     res = _gpu(args) if args.gpu else _cpu(args)
     res = {"threads": args.threads, "quick": args.quick, "load": os.getloadavg(), "results": res}
+    if args.keras and not args.gpu:
+        res["keras"] = _keras(args)
     if args.json:
         print(json.dumps(res, indent=2))
         return
@@ -312,6 +328,9 @@ def main() -> None:
             if k in m and "fused" in m
         ]
         print("  " + ", ".join(ratios))
+    for r in res.get("keras", []):
+        print(f"keras {r['family']} {'x'.join(map(str, r['size']))} {r['runtime']}: {r['median_ms']:.1f} ms, "
+              f"{r['ratio']:.2f}x graph-mode tf_keras's time")  # fmt: skip
 
 
 if __name__ == "__main__":
