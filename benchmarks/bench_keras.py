@@ -120,8 +120,8 @@ TIME_TORCH = (
     if fuse:  # the inference form, in NHWC memory (its default) or NCHW
         m = prepare_model(m, onednn=None if dnn else False, channels_last=bool(cl))
     x = torch.rand(batch, 3, h, w, device=device) * 2 - 1
-    if cl:  # NHWC memory: the same values, oneDNN's NHWC depthwise / 1x1 kernels (TF's layout)
-        m, x = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    if cl:  # NHWC input for the NHWC model: oneDNN's NHWC depthwise / 1x1 kernels (TF's layout)
+        x = x.contiguous(memory_format=torch.channels_last)
     """
     )
     + _TIMING

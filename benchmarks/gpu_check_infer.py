@@ -38,37 +38,30 @@ from typing import Any
 import numpy as np
 import torch
 
+from segconvert.eval.datasets import Sample, SegDataset, Target
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "caffe"
 TARGET_S, TARGET_IMAGES = 60.0, 500
 
 
-class Synthetic:
+class Synthetic(SegDataset):
     """A dataset of noise images with random labels, made from the index where it is read (a worker)."""
 
     def __init__(self, kind: str, n: int, size: tuple[int, int]) -> None:
         from segconvert.eval import palettes
-        from segconvert.eval.datasets import Sample
         from segconvert.eval.labels import CITYSCAPES_CLASSES, VOC_CLASSES
 
-        self.name, self.split, self.root, self.size = kind, "synthetic", Path(f"<synthetic {kind}>"), size
+        super().__init__(Path(f"<synthetic {kind}>"), "synthetic")
+        self.name, self.size = kind, size
         self.class_names = CITYSCAPES_CLASSES if kind == "cityscapes" else VOC_CLASSES
         self.palette = palettes.voc_palette()
         self.samples = [Sample(f"{i:05d}", self.root, self.root) for i in range(n)]
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
     def load_image(self, i: int) -> np.ndarray:
         return np.random.default_rng(i).integers(0, 256, (*self.size, 3), dtype=np.uint8)
 
-    def load_target(self, i: int) -> Any:
-        from segconvert.eval.datasets import Target
-
+    def load_target(self, i: int) -> Target:
         rng = np.random.default_rng(10_000 + i)
         if self.name == "cityscapes":  # labelIds 0..33
             return Target(rng.integers(0, 34, self.size, dtype=np.uint8))
