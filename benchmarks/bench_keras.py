@@ -220,7 +220,7 @@ def main() -> None:
             h5, st = Path(tmp) / "fscnn_big.h5", Path(tmp) / "fscnn_big.safetensors"
             _child(MAKE, "fast_scnn", h, w, h5)
             convert_keras_generic_files(h5, st)
-            big = _child(TIME_TORCH, st, h, w, a.batch, a.warmup, a.repeat, 0, 1, 0, "cuda")
+            big = _child(TIME_TORCH, st, h, w, a.batch, a.warmup, a.repeat, 0, 1, 1, 1, "cuda")
             rows.append({"family": "fast_scnn", "size": [h, w], "device": "cuda", "runtime": "fused",
                          **_stats(big.pop("times"), a.batch), **big})  # fmt: skip
     if a.json:
