@@ -79,13 +79,16 @@ class FuseReport:
 
     folded: dict[str, list[str]] = field(default_factory=dict)
     inplace: list[str] = field(default_factory=list)
+    pyramid: list[str] = field(default_factory=list)  # head convs fed at the pyramid's size (inference.pyramid)
     trace_device: str = "empty"
     check: FuseCheck | None = None  # set by check_fused
 
     def describe(self) -> str:
         n = sum(len(v) for v in self.folded.values())
+        pyr = f", pyramid path for {', '.join(self.pyramid)}" if self.pyramid else ""
         return (
             f"{n} affine layers folded into {len(self.folded)} convolutions, {len(self.inplace)} in-place activations"
+            f"{pyr}"
         )
 
 
@@ -342,8 +345,23 @@ def check_fused(
     finally:
         for h in handles:
             h.remove()
-    with torch.no_grad():
-        got = fused(*xs)
+
+    def pyramid(mod: nn.Module, args: tuple, out: torch.Tensor, name: str) -> None:
+        nonlocal worst
+        if not isinstance(args[0], torch.Tensor):  # the pyramid path vs upsample + concat + convolution
+            rel = _rel(out, mod.reference(args[0]))
+            if rel >= worst[0]:
+                worst = (rel, f"{name} (pyramid)")
+
+    handles = [
+        fused.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: pyramid(m, a, o, n)) for n in report.pyramid
+    ]
+    try:
+        with torch.no_grad():
+            got = fused(*xs)
+    finally:
+        for h in handles:
+            h.remove()
     refs, gots = tensors_in(ref), tensors_in(got)
     out_rel = max((_rel(g, r) for g, r in zip(gots, refs, strict=True)), default=0.0)
     agree = None

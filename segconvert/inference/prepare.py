@@ -59,6 +59,7 @@ def prepare_model(
     channels_last: bool | None = None,
     compile: bool = False,
     onednn: bool | None = None,
+    pyramid: bool | None = None,
     inputs: Sequence[torch.Tensor] | None = None,
     source: Any = None,
 ) -> nn.Module:
@@ -87,6 +88,10 @@ def prepare_model(
     if fuse:
         reference = copy.deepcopy(model) if check else None
         model, report = fuse_model(model, inputs, inplace=True)
+        if pyramid is None or pyramid:
+            from segconvert.inference.pyramid import fold_pyramid_heads
+
+            report.pyramid = fold_pyramid_heads(model)
         if reference is not None:
             result = check_fused(reference, model, report, inputs)
             del reference
