@@ -11,6 +11,8 @@ own fresh process with the same thread count, alternating, ``--repeat`` times:
   :mod:`segconvert.inference.onednn`; weights and input channels_last);
 - ``fused_nchw``: the same in NCHW memory (``prepare_model(channels_last=False)``, ``--no-channels-last``);
 - ``fused_nodnn``: ``fused`` without the oneDNN pass (``onednn=False``: eager ``F.conv2d``, ReLU separate);
+- ``fused_nopyr``: ``fused`` without PSPNet's pyramid head path (``pyramid=False``: the head's 3x3 conv over
+  the 4096-channel concat, :mod:`segconvert.inference.pyramid`; DeepLab: the same as ``fused``);
 - ``opencv``: ``cv2.dnn.readNetFromCaffe`` on the same net (the OpenCV-readable twin segconvert's parity
   runner writes: PSPNet's ``BN`` as BatchNorm + Scale, ``Interp`` as OpenCV's), OpenCV's default fusion on.
 
@@ -66,7 +68,7 @@ NETS = {
     "pspnet50": ("pspnet50_ade20k_473", 473, 473),
     "deeplab_v2": ("deeplab_v2_resnet101_msc", 513, 129),
 }
-RUNNERS = ("eager", "fused", "fused_nchw", "fused_nodnn", "opencv")
+RUNNERS = ("eager", "fused", "fused_nchw", "fused_nodnn", "fused_nopyr", "opencv")
 
 
 # ------------------------------------------------------------------------------------------ children
@@ -106,7 +108,8 @@ def _child(args: argparse.Namespace) -> None:
         model = segconvert.load_model(args.weights)
         if args.child != "eager":
             onednn = False if args.child == "fused_nodnn" else None
-            model = prepare_model(model, onednn=onednn, channels_last=args.child != "fused_nchw")
+            cl, pyramid = args.child != "fused_nchw", args.child != "fused_nopyr"
+            model = prepare_model(model, onednn=onednn, channels_last=cl, pyramid=pyramid)
         xt = torch.from_numpy(x)
         if getattr(model, "segconvert_channels_last", False):  # as eval / benchmark feed the inference form
             xt = xt.contiguous(memory_format=torch.channels_last)
@@ -324,7 +327,7 @@ def main() -> None:
         ratios = [f"{k} {r[k]:.2f}" for k in ("fused_vs_eager", "fused_vs_opencv", "rss_fused_over_opencv") if k in r]
         ratios += [
             f"{k} vs fused {m[k] / m['fused']:.2f}x time"
-            for k in ("fused_nchw", "fused_nodnn")
+            for k in ("fused_nchw", "fused_nodnn", "fused_nopyr")
             if k in m and "fused" in m
         ]
         print("  " + ", ".join(ratios))
