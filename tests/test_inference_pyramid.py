@@ -106,6 +106,7 @@ def test_bf16_autocast_on_cpu():
         got = fused(x.contiguous(memory_format=torch.channels_last)).float()
     assert _rel(got, want) <= 5e-2  # bf16 keeps 8 bits of mantissa; the argmax mostly survives
     assert (got.argmax(1) == want.argmax(1)).double().mean() > 0.9
+    assert [op.dtype for op in fused.head.conv._ops.values()] == [torch.float32]  # built outside the autocast
 
 
 def test_check_catches_a_wrong_pyramid_operator(monkeypatch):

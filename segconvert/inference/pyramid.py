@@ -20,6 +20,7 @@ unchanged; returns :class:`PyramidFeatures`, not the concat) and ``head.conv`` f
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from typing import NamedTuple
 
@@ -101,7 +102,9 @@ class PyramidHeadConv(nn.Module):
             self._ops.move_to_end(key)
             return op
         cols = []
-        with torch.no_grad():
+        kind = feats.x.device.type  # float32 weights, as keyed, also when called under autocast
+        plain = torch.autocast(kind, enabled=False) if kind in ("cpu", "cuda") else contextlib.nullcontext()
+        with torch.no_grad(), plain:
             for up, (sh, sw) in zip(self._upsamples, shapes, strict=True):
                 eye = torch.eye(sh * sw, device=feats.x.device).reshape(sh * sw, 1, sh, sw)
                 padded = F.pad(up(eye, (h, w)), (1, 1, 1, 1))[:, 0]  # (S, h+2, w+2)
@@ -125,8 +128,8 @@ class PyramidHeadConv(nn.Module):
         # Q rows (branch, tap, position): the branch's channels mixed by each tap's weights at the pooled size
         qs, start = [], self.x_channels
         for p, c in zip(feats.branches, self.branch_channels, strict=True):
-            wb = self.weight[:, start : start + c].flatten(2)  # (K, C_b, 9)
-            q = torch.matmul(p.flatten(2).transpose(1, 2), wb.permute(1, 0, 2).reshape(c, k * 9))  # (N, S_b, K*9)
+            wb = self.weight[:, start : start + c].transpose(0, 1).reshape(c, k * 9)  # (C_b, K*9): one copy
+            q = torch.matmul(p.flatten(2).transpose(1, 2), wb)  # (N, S_b, K*9)
             qs.append(q.reshape(n, -1, k, 9).permute(0, 3, 1, 2).reshape(n, -1, k))
             start += c
         pyr = torch.matmul(self.operator(feats).to(qs[0].dtype), torch.cat(qs, dim=1))  # (N, H*W, K)
