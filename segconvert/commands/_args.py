@@ -154,8 +154,8 @@ AMP_OPTION = click.option(
 CHECK_OPTION = click.option(
     "--check",
     is_flag=True,
-    help="Verify the fused model against the plain one on the weights' input at load (every folded layer within "
-    "1e-5 x its magnitude, else a one-line error naming the layer).",
+    help="Verify the fused model against the plain one on the weights' input at load (every folded layer, and "
+    "PSPNet's pyramid head path, within 1e-5 x its magnitude, else a one-line error naming the layer).",
 )
 COMPILE_OPTION = click.option(
     "--compile", "compile_", is_flag=True, help="torch.compile the inference form (compile time in the first images)."

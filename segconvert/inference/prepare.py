@@ -71,12 +71,13 @@ def prepare_model(
     format (None: channels_last when fused -- the inference form's, on every device -- else as loaded; kept
     as ``model.segconvert_channels_last``, which eval / predict follow for their crops); ``compile``:
     ``torch.compile`` (the returned module is the compiled wrapper, metadata kept).
-    Softmax modules become layout-aware (:mod:`segconvert.inference.layout`). ``onednn``: after folding,
-    run the convolutions (+ the activation reading each alone) as oneDNN fused
-    primitives (:mod:`segconvert.inference.onednn`); None: when it is exact and possible -- fused, not
-    compiled, model on the CPU in float32, oneDNN present. Callers that will autocast pass False (the
-    modules would fall back to eager at every call anyway). The fuse report is kept as
-    ``model.segconvert_fuse`` (None when not fused), the oneDNN one as ``model.segconvert_onednn`` (None
+    ``pyramid`` (None / True: when fused): PSPNet's head conv over the pyramid branches at their pooled size
+    (:mod:`segconvert.inference.pyramid`; False keeps the concat). Softmax modules become layout-aware
+    (:mod:`segconvert.inference.layout`). ``onednn``: after folding, run the convolutions (+ the activation
+    reading each alone) as oneDNN fused primitives (:mod:`segconvert.inference.onednn`); None: when it is
+    exact and possible -- fused, not compiled, model on the CPU in float32, oneDNN present. Callers that will
+    autocast pass False (the modules would fall back to eager at every call anyway). The fuse report is kept
+    as ``model.segconvert_fuse`` (None when not fused), the oneDNN one as ``model.segconvert_onednn`` (None
     when the pass did not run).
     """
     from segconvert.inference.fuse import check_fused, fuse_model
