@@ -130,7 +130,8 @@ class PyramidHeadConv(nn.Module):
         for p, c in zip(feats.branches, self.branch_channels, strict=True):
             wb = self.weight[:, start : start + c].transpose(0, 1).reshape(c, k * 9)  # (C_b, K*9): one copy
             q = torch.matmul(p.flatten(2).transpose(1, 2), wb)  # (N, S_b, K*9)
-            qs.append(q.reshape(n, -1, k, 9).permute(0, 3, 1, 2).reshape(n, -1, k))
+            s_b = p.shape[-2] * p.shape[-1]  # explicit sizes: an empty batch (the passes' trace) reshapes too
+            qs.append(q.reshape(n, s_b, k, 9).permute(0, 3, 1, 2).reshape(n, 9 * s_b, k))
             start += c
         pyr = torch.matmul(self.operator(feats).to(qs[0].dtype), torch.cat(qs, dim=1))  # (N, H*W, K)
         return out.add_(pyr.reshape(n, h, w, k).permute(0, 3, 1, 2))  # pyr: channels_last memory
