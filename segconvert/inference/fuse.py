@@ -306,6 +306,16 @@ class FuseCheck:
         )
 
 
+def _run_hooked(model: nn.Module, xs: list[torch.Tensor], handles: list) -> Any:
+    """``model(*xs)`` without grad, removing the hook ``handles`` afterwards (also when it raises)."""
+    try:
+        with torch.no_grad():
+            return model(*xs)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
     return float((a.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1e-12))
 
@@ -339,12 +349,7 @@ def check_fused(
                 worst = (rel, name)
 
         handles += [conv.register_forward_pre_hook(pre), last.register_forward_hook(post)]
-    try:
-        with torch.no_grad():
-            ref = unfused(*xs)
-    finally:
-        for h in handles:
-            h.remove()
+    ref = _run_hooked(unfused, xs, handles)
 
     def pyramid(mod: nn.Module, args: tuple, out: torch.Tensor, name: str) -> None:
         nonlocal worst
@@ -356,12 +361,7 @@ def check_fused(
     handles = [
         fused.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: pyramid(m, a, o, n)) for n in report.pyramid
     ]
-    try:
-        with torch.no_grad():
-            got = fused(*xs)
-    finally:
-        for h in handles:
-            h.remove()
+    got = _run_hooked(fused, xs, handles)
     refs, gots = tensors_in(ref), tensors_in(got)
     out_rel = max((_rel(g, r) for g, r in zip(gots, refs, strict=True)), default=0.0)
     agree = None

@@ -21,6 +21,7 @@ unchanged; returns :class:`PyramidFeatures`, not the concat) and ``head.conv`` f
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import OrderedDict
 from typing import NamedTuple
 
@@ -29,9 +30,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segconvert.reference_models.layers import Resize
-from segconvert.reference_models.pspnet import PPMBranch, PSPHead, PyramidPooling
+from segconvert.reference_models.pspnet import PSPHead, PyramidPooling
 
 __all__ = ["PyramidBranches", "PyramidFeatures", "PyramidHeadConv", "fold_pyramid_heads"]
+
+log = logging.getLogger(__name__)
 
 _CACHE = 4  # resize operators kept per head (one per feature size; sliding crops share one)
 
@@ -54,11 +57,7 @@ class PyramidBranches(nn.Module):
         self.out_channels = ppm.out_channels
 
     def forward(self, x: Tensor) -> PyramidFeatures:
-        branches = []
-        for name in self.names:
-            b: PPMBranch = getattr(self, name)
-            branches.append(b.relu(b.bn(b.conv(b.pool(x)))))
-        return PyramidFeatures(x, tuple(branches))
+        return PyramidFeatures(x, tuple(getattr(self, name).pooled(x) for name in self.names))
 
 
 class PyramidHeadConv(nn.Module):
@@ -143,7 +142,8 @@ class PyramidHeadConv(nn.Module):
         )
 
 
-def _foldable(model: nn.Module) -> str | None:
+def _not_foldable(model: nn.Module) -> str | None:
+    """Why ``model``'s ``ppm`` + ``head.conv`` cannot take the pyramid path; None when it can."""
     ppm, head = getattr(model, "ppm", None), getattr(model, "head", None)
     if type(ppm) is not PyramidPooling or type(head) is not PSPHead:
         return "no PyramidPooling + PSPHead"
@@ -170,7 +170,10 @@ def fold_pyramid_heads(model: nn.Module) -> list[str]:
     returns the names of the head convolutions changed. Weights and state_dict keys are untouched."""
     done = []
     for name, mod in list(model.named_modules()):
-        if _foldable(mod) is not None:
+        why = _not_foldable(mod)
+        if why is not None:
+            if type(getattr(mod, "ppm", None)) is PyramidPooling:
+                log.debug("pyramid path not used for %s: %s", name or "the model", why)
             continue
         ppm: PyramidPooling = mod.ppm
         branches = [getattr(ppm, n) for n in ppm.names]

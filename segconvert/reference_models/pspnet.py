@@ -110,9 +110,12 @@ class PPMBranch(nn.Module):
         self.relu = _act(act)
         self.upsample = Resize(resize)
 
+    def pooled(self, x: Tensor) -> Tensor:
+        """The branch before its ``upsample`` (at the pooled size)."""
+        return self.relu(self.bn(self.conv(self.pool(x))))
+
     def forward(self, x: Tensor) -> Tensor:
-        y = self.relu(self.bn(self.conv(self.pool(x))))
-        return self.upsample(y, x.shape[-2:])
+        return self.upsample(self.pooled(x), x.shape[-2:])
 
 
 class PyramidPooling(nn.Module):
